@@ -8,8 +8,8 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 
 from app.options import RunOptions
-from operators.errors import OutputError
 from operators.dicom_index_operator import DicomIndexOperator
+from operators.errors import OutputError
 from operators.run_state import RunState
 from operators.series_selection_operator import SeriesSelectionOperator
 from operators.volume_builder_operator import VolumeBuilderOperator

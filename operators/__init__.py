@@ -1,0 +1,1 @@
+"""Holoscan-free logic modules and the thin MONAI Deploy operators that wrap them."""
