@@ -2,8 +2,9 @@
 
 The SDK format is accepted as it is::
 
-    {"selections": [{"name": "T1 axial", "conditions": {"Modality": "MR", "ImageOrientationPatient": "Axial",
-                                                         "SliceThickness": [2, ">"], "ImageType": ["PRIMARY", "!SECONDARY"]}}]}
+    {"selections": [{"name": "T1 axial",
+                     "conditions": {"Modality": "MR", "ImageOrientationPatient": "Axial",
+                                    "SliceThickness": [2, ">"], "ImageType": ["PRIMARY", "!SECONDARY"]}}]}
 
 with the SDK's matching semantics: strings match case-insensitively, exactly or by regular-expression
 search; numbers match exactly, by inclusive ``[min, max]`` range, by ``[value, op]`` with op one of
