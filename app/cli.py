@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from app.synthetic.dicom_study import write_study
 
-    study = write_study(args.workdir / "study", seed=args.seed)
+    target = args.workdir / "study"
+    if target.exists():  # the demo's own scratch copy: regenerate it (deterministic from the seed)
+        shutil.rmtree(target)
+    study = write_study(target, seed=args.seed)
     logger.info("synthetic study written to %s", study.root)
     models = args.models or (DEFAULT_MODELS if DEFAULT_MODELS.exists() else None)
     argv = _sdk_argv(study.root / "dicom", args.output, models, args.log_level)
