@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages: dcm2niix and mricron-data (Colin27 T1) for geometry tests against an independent converter.
 APT_RUNTIME :=
-APT_TEST    := dcm2niix mricron-data
+APT_TEST    := dcm2niix mricron-data dicom3tools
 
 .PHONY: setup setup-test demo test lint clean
 

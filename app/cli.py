@@ -107,7 +107,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from app.synthetic.dicom_study import write_study
 
-    study = write_study(args.output, seed=args.seed)
+    study = write_study(args.output, seed=args.seed, scale=args.scale)
     logger.info("synthetic study with %d series written to %s", len(study.series), study.root)
     return 0
 
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom = commands.add_parser("phantom", help="write the synthetic multi-series MR study")
     phantom.add_argument("-o", "--output", type=Path, required=True)
     phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--scale", type=float, default=1.0, help="matrix size factor (0.25-0.5 for quick tests)")
     phantom.set_defaults(handler=_cmd_phantom)
     return parser
 
