@@ -148,3 +148,27 @@ def test_truncated_pixel_data_rejects_only_that_stack(tmp_path, colin27_2mm):
     rejected = [s for d in selection.decisions for s in d.stacks if not s.selected]
     assert len(rejected) == 1 and rejected[0].reasons[0].code == "volume"
     assert str(victim) in rejected[0].reasons[0].detail
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("corpus", ["pydicom", "pydicom-data", "nibabel"])
+def test_whole_real_world_corpora_are_ingested_without_a_crash(corpus):
+    """Every file of each corpus is indexed or skipped with a reason; every stack is built or rejected."""
+    root = {
+        "pydicom": Path(pydicom.__file__).parent / "data",
+        "pydicom-data": Path(get_testdata_file("MR2_UNCR.dcm")).parent,
+        "nibabel": NIBABEL_DICOM,
+    }[corpus]
+    index = scan_folder(root)
+    indexed = {f.path for s in index.series.values() for f in s.frames}
+    skipped = {s.path for s in index.skipped}
+    assert indexed | skipped == {p for p in root.rglob("*") if p.is_file()}
+    assert all(s.reason for s in index.skipped)
+    rules = SelectionRules(policy=SelectionPolicy(modalities=("MR", "CT"), min_slices=2))
+    selection = select_series(index, rules)
+    candidates = len(selection.selected_stacks)
+    volumes = build_selected_volumes(selection)
+    assert candidates == len(volumes) + sum(
+        1 for d in selection.decisions for s in d.stacks if s.reasons and s.reasons[-1].code == "volume"
+    )
+    assert all(r.detail for d in selection.decisions for s in d.stacks for r in s.reasons)
