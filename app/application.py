@@ -1,4 +1,4 @@
-"""The MONAI Deploy application: DICOM in, selected volumes (and, as the chain grows, segmentations) out."""
+"""The MONAI Deploy application: an MR DICOM study in; segmentations as DICOM SEG/SR/PDF, statistics and NIfTI out."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ from pathlib import Path
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 
-from app.options import RunOptions
+from app import __version__
+from app.options import RunOptions, detect_task
 from operators.dicom_index_operator import DicomIndexOperator
 from operators.errors import OutputError
+from operators.nifti_export_operator import NiftiExportOperator
+from operators.results_writer_operator import ResultsWriterOperator
 from operators.run_state import RunState
+from operators.segmentation_operator import SegmentationOperator
 from operators.series_selection_operator import SeriesSelectionOperator
 from operators.volume_builder_operator import VolumeBuilderOperator
-from operators.volume_export_operator import VolumeExportOperator
 
 
 class TotalSegMRIApp(Application):
-    """Load DICOM -> select series -> build volumes -> write results."""
+    """Load DICOM -> select series -> build volumes -> segment -> write DICOM SEG/SR/PDF, statistics, NIfTI."""
 
     name = "totalseg-mri"
     description = "TotalSegmentator MRI: whole-body MR segmentation from DICOM studies"
@@ -32,11 +35,17 @@ class TotalSegMRIApp(Application):
         load = DicomIndexOperator(self, CountCondition(self, 1), state=state, name="dicom_index")
         select = SeriesSelectionOperator(self, state=state, rules=self.run_options.rules, name="series_selection")
         build = VolumeBuilderOperator(self, state=state, name="volume_builder")
-        export = VolumeExportOperator(self, state=state, name="volume_export")
+        segment = SegmentationOperator(self, state=state, profile=self.run_options.task,
+                                       fast=self.run_options.fast, device=self.run_options.device,
+                                       version=__version__, name="segmentation")
+        write = ResultsWriterOperator(self, state=state, name="results_writer")
+        export = NiftiExportOperator(self, state=state, name="nifti_export")
 
         self.add_flow(load, select, {("index", "index")})
         self.add_flow(select, build, {("selection", "selection")})
-        self.add_flow(build, export, {("volumes", "volumes")})
+        self.add_flow(build, segment, {("volumes", "volumes")})
+        self.add_flow(segment, write, {("results", "results")})
+        self.add_flow(segment, export, {("results", "results")})
 
     def run(self, *args, **kwargs):
         """Run the graph once; raise the user error that stopped it, if any, after writing selection.json."""
@@ -51,6 +60,8 @@ class TotalSegMRIApp(Application):
             output_path=Path(context.output_path),
             model_path=Path(context.model_path) if context.model_path else None,
         )
+        if not self.run_options.task:
+            self.run_options.task = detect_task(self.state.model_path, self.run_options.fast)
         self.state.begin()
         try:
             super().run(*args, **kwargs)

@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--scale", type=float, default=1.0, help="matrix size factor (0.25-0.5 for quick tests)")
     phantom.set_defaults(handler=_cmd_phantom)
+
+    from app import weights
+
+    weights.add_subparsers(commands)
     return parser
 
 

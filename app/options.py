@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from operators.errors import TotalSegMRIError
 from operators.selection_rules import SelectionRules
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -37,3 +38,25 @@ class RunOptions:
             device=env.get("TOTALSEG_MRI_DEVICE", "auto") or "auto",
             task=env.get("TOTALSEG_MRI_TASK") or None,
         )
+
+
+def detect_task(models_root: Path | None, fast: bool = False) -> str:
+    """The shipped profile whose model folders ``models_root`` holds: ``total_mr`` first, then the others.
+
+    With none complete, ``total_mr``: its "model missing" error then names the folders and how to fetch them.
+    """
+    from operators.model_profile import available_profiles, load_profile
+    from operators.model_store import resolve_parts
+
+    names = ["total_mr", *(n for n in available_profiles() if n != "total_mr" and not n.endswith("_fast"))]
+    for name in names:
+        try:
+            profile = load_profile(name, fast=fast)
+        except TotalSegMRIError:  # a profile without a fast variant
+            continue
+        try:
+            resolve_parts(profile, models_root)
+        except TotalSegMRIError:
+            continue
+        return name
+    return "total_mr"

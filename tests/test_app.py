@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
@@ -63,7 +64,18 @@ def test_cli_run_selects_every_eligible_series_and_writes_volumes(study, tmp_pat
     assert [r["code"] for r in decided[5]["reasons"]] == ["modality"]
     assert {s["series_number"] for s in decided.values() if not s["selected"]} == {2, 5}
     assert report["skipped_files"] == [{"path": "notes.txt", "reason": "not a DICOM file"}]
-    assert len(list((out / "nifti").glob("*.nii.gz"))) == 2
+    # Every selected volume is segmented and written: image + label NIfTI on the same grid, SEG + SR.
+    images = sorted(p for p in (out / "nifti").glob("*.nii.gz") if not p.name.endswith("_seg.nii.gz"))
+    assert len(images) == 2
+    for image in images:
+        labels = nib.load(image.with_name(image.name.replace(".nii.gz", "_seg.nii.gz")))
+        np.testing.assert_allclose(labels.affine, nib.load(image).affine)
+        assert labels.shape == nib.load(image).shape and labels.get_data_dtype() == np.uint8
+        stem = image.name.removesuffix(".nii.gz")
+        assert (out / "dicom" / f"{stem}_seg.dcm").is_file() and (out / "dicom" / f"{stem}_sr.dcm").is_file()
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["algorithm"]["model_profile"] == "demo" and run_info["device"] == "cpu"
+    assert (out / "statistics.json").is_file() and list((out / "report").glob("*.pdf"))
     assert not list(out.glob(".staging-*"))  # staged output moved into place, nothing left behind
     assert "Traceback" not in result.stderr
 
@@ -79,7 +91,7 @@ def test_sdk_entry_point_with_holoscan_variables(study, tmp_path):
     reasons = [r["code"] for st in report["studies"] for s in st["series"] for k in s["stacks"]
                for r in k["reasons"]]
     assert "not_best" in reasons
-    assert len(list((out / "nifti").glob("*.nii.gz"))) == 1
+    assert len(list((out / "nifti").glob("*_seg.nii.gz"))) == 1
 
 
 @pytest.mark.parametrize(

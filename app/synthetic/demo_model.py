@@ -1,0 +1,207 @@
+"""The embedded demo model: an nnU-Net v2 results folder trained on the synthetic torso phantoms.
+
+The real TotalSegmentator weights cannot be downloaded everywhere, so the repository ships a small model in
+exactly the nnU-Net v2 (2.8.1) results layout::
+
+    models/demo/Dataset999_TotalSegMRIDemo/nnUNetTrainer__nnUNetPlans__3d_fullres/
+        dataset.json  plans.json  fold_0/checkpoint_final.pth
+
+This module defines what that folder contains (label order, plans, network architecture); the application
+loads it like any other nnU-Net v2 folder (``operators/segmentation_engine.py`` with the profile
+``operators/profiles/demo.json``). The network sees arrays in SimpleITK order ``[z, y, x]`` of the RAS+
+canonical image (``nib.as_closest_canonical``) at 3 mm isotropic spacing, z-score normalised, like the
+official TotalSegmentator MR models fed through nnU-Net's ``SimpleITKIO``.
+
+Model class indices are consecutive (0 = background, 1..N); :func:`model_label_map` gives the final
+TotalSegmentator MR label number and name of each.
+"""
+
+from __future__ import annotations
+
+import pydoc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from operators.errors import TotalSegMRIError
+
+DATASET_NAME = "Dataset999_TotalSegMRIDemo"
+TRAINER_NAME = "nnUNetTrainer"
+PLANS_NAME = "nnUNetPlans"
+CONFIGURATION = "3d_fullres"
+MODEL_SUBFOLDER = f"{TRAINER_NAME}__{PLANS_NAME}__{CONFIGURATION}"
+FOLD = 0
+CHECKPOINT_NAME = "checkpoint_final.pth"
+
+SPACING_MM = 3.0
+PATCH_SIZE = (48, 64, 64)  # [z, y, x] in network order: 144 x 192 x 192 mm at 3 mm
+FEATURES_PER_STAGE = (16, 32, 64, 64, 80)
+
+NETWORK_CLASS_NAME = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+KW_REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
+
+
+class DemoModelError(TotalSegMRIError, ValueError):
+    """The demo model folder is missing, incomplete or not in the nnU-Net v2 layout this project expects."""
+
+
+@dataclass(frozen=True)
+class ModelClass:
+    """One output channel of the demo network."""
+
+    index: int  # consecutive model class index (channel of the logits)
+    label: int  # final TotalSegmentator MR label number (1..50)
+    name: str  # TotalSegmentator MR class name
+
+
+def model_label_map(labels: dict[int, str]) -> list[ModelClass]:
+    """Model classes 1..N for the phantom's labels, in increasing final label number."""
+    if not labels:
+        raise DemoModelError("the phantom defines no labels to train on")
+    if 0 in labels:
+        raise DemoModelError("label 0 is background and cannot be a structure")
+    return [ModelClass(i + 1, int(lab), labels[lab]) for i, lab in enumerate(sorted(labels))]
+
+
+def arch_kwargs() -> dict[str, Any]:
+    """Keyword arguments of ``PlainConvUNet`` as nnU-Net stores them (import strings for the op classes)."""
+    n = len(FEATURES_PER_STAGE)
+    return {
+        "n_stages": n,
+        "features_per_stage": list(FEATURES_PER_STAGE),
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * n,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+        "n_conv_per_stage": [2] * n,
+        "n_conv_per_stage_decoder": [2] * (n - 1),
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
+def build_dataset_json(classes: list[ModelClass], num_training: int) -> dict[str, Any]:
+    """nnU-Net v2 ``dataset.json``: one MRI channel, labels named with TotalSegmentator MR names."""
+    labels = {"background": 0}
+    labels.update({c.name: c.index for c in classes})
+    return {
+        "channel_names": {"0": "MRI"},
+        "labels": labels,
+        "numTraining": int(num_training),
+        "file_ending": ".nii.gz",
+        "name": DATASET_NAME,
+        "description": "Demo model trained on procedural torso phantoms (app/synthetic/phantom.py); "
+        "not for clinical use",
+        "totalsegmentator_mr_labels": {str(c.index): {"label": c.label, "name": c.name} for c in classes},
+    }
+
+
+def build_plans(
+    median_shape_zyx: tuple[int, int, int], intensity_properties: dict[str, float]
+) -> dict[str, Any]:
+    """nnU-Net v2 ``plans.json`` with a single ``3d_fullres`` configuration at 3 mm isotropic."""
+    spacing = [SPACING_MM] * 3
+    return {
+        "dataset_name": DATASET_NAME,
+        "plans_name": PLANS_NAME,
+        "original_median_spacing_after_transp": spacing,
+        "original_median_shape_after_transp": [int(v) for v in median_shape_zyx],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            CONFIGURATION: {
+                "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": 2,
+                "patch_size": list(PATCH_SIZE),
+                "median_image_size_in_voxels": [float(v) for v in median_shape_zyx],
+                "spacing": spacing,
+                "normalization_schemes": ["ZScoreNormalization"],
+                "use_mask_for_norm": [False],
+                "resampling_fn_data": "resample_data_or_seg_to_shape",
+                "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                "resampling_fn_data_kwargs": {
+                    "is_seg": False,
+                    "order": 3,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+                "resampling_fn_seg_kwargs": {
+                    "is_seg": True,
+                    "order": 1,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                "resampling_fn_probabilities_kwargs": {
+                    "is_seg": False,
+                    "order": 1,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+                "architecture": {
+                    "network_class_name": NETWORK_CLASS_NAME,
+                    "arch_kwargs": arch_kwargs(),
+                    "_kw_requires_import": list(KW_REQUIRES_IMPORT),
+                },
+                "batch_dice": False,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": dict(intensity_properties)},
+    }
+
+
+def model_folder(models_root: str | Path) -> Path:
+    """The trainer/plans/configuration folder inside a ``models`` root such as ``models/demo``."""
+    return Path(models_root) / DATASET_NAME / MODEL_SUBFOLDER
+
+
+def build_network(plans: dict[str, Any], num_classes: int, deep_supervision: bool = False):
+    """A ``PlainConvUNet`` built from the plans' architecture entry, as nnU-Net does (inference: no deep
+    supervision; the state dict is the same either way)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    try:
+        arch = plans["configurations"][CONFIGURATION]["architecture"]
+    except (KeyError, TypeError) as exc:
+        raise DemoModelError(f"plans.json has no configurations.{CONFIGURATION}.architecture entry") from exc
+    if arch.get("network_class_name") != NETWORK_CLASS_NAME:
+        raise DemoModelError(
+            f"plans.json names network {arch.get('network_class_name')!r}; "
+            f"only {NETWORK_CLASS_NAME} is supported"
+        )
+    kwargs = dict(arch["arch_kwargs"])
+    for key in arch["_kw_requires_import"]:
+        if kwargs.get(key) is not None:
+            located = pydoc.locate(kwargs[key])
+            if located is None:
+                raise DemoModelError(f"plans.json names {key}={kwargs[key]!r}, which cannot be imported")
+            kwargs[key] = located
+    return PlainConvUNet(
+        input_channels=1, num_classes=num_classes, deep_supervision=deep_supervision, **kwargs
+    )
+
+
+def classes_from_dataset_json(dataset_json: dict[str, Any]) -> list[ModelClass]:
+    """Model classes (index, final label, name) recorded in a demo ``dataset.json``."""
+    try:
+        mapping = dataset_json["totalsegmentator_mr_labels"]
+        labels = dataset_json["labels"]
+        classes = [ModelClass(int(i), int(v["label"]), str(v["name"])) for i, v in mapping.items()]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DemoModelError("dataset.json lacks a valid totalsegmentator_mr_labels map") from exc
+    classes.sort(key=lambda c: c.index)
+    if [c.index for c in classes] != list(range(1, len(classes) + 1)) or any(
+        labels.get(c.name) != c.index for c in classes
+    ):
+        raise DemoModelError(
+            "dataset.json labels are not consecutive or disagree with totalsegmentator_mr_labels"
+        )
+    return classes

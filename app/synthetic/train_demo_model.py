@@ -1,0 +1,433 @@
+"""Train the embedded demo model on synthetic torso phantoms and write it in the nnU-Net v2 results layout.
+
+    python -m app.synthetic.train_demo_model --out models/demo
+
+Deterministic for a given seed, iteration count and thread count on one machine: phantom seeds, contrasts,
+fields of view and patches come from one ``numpy.random.Generator``; weights from ``torch.manual_seed``; torch
+runs with ``use_deterministic_algorithms(True)`` on a fixed number of threads.
+
+Every training volume is a fresh phantom rendered on a 3 mm grid in the RAS+ canonical frame (what the
+inference pipeline sees after ``nib.as_closest_canonical`` and resampling) with a contrast drawn from
+:data:`TRAIN_CONTRASTS` (``random`` gives arbitrary tissue intensities, so the network has to rely on shape),
+random bias field, noise, field of view, intensity scale and integer truncation. The contrasts in
+:data:`HELDOUT_CONTRASTS` and the seeds from :data:`EVAL_SEED_BASE` on are never used for training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from app.synthetic import demo_model as dm
+
+log = logging.getLogger(__name__)
+
+TRAIN_CONTRASTS = (
+    "random",
+    "random",
+    "t1",
+    "pd",
+    "dixon_water",
+    "dixon_fat",
+)  # "random" drawn twice as often
+HELDOUT_CONTRASTS = ("t2", "dixon_in", "dixon_opp")
+TRAIN_SEED_RANGE = (0, 500_000)
+EVAL_SEED_BASE = 900_000  # evaluation phantoms use seeds from here on; training never draws them
+
+DEFAULT_ITERATIONS = 350
+DEFAULT_SEED = 20261124
+BATCH_SIZE = 2
+POOL_SIZE = 6  # rendered volumes kept for patch sampling
+RENDER_EVERY = 3  # iterations between two freshly rendered volumes
+FOREGROUND_FRACTION = 0.6  # patches centred on a voxel of a randomly chosen structure
+LEARNING_RATE = 1e-2
+
+
+class TrainingError(dm.DemoModelError):
+    """Training cannot start or its output cannot be written."""
+
+
+@dataclass
+class TrainingVolume:
+    image: np.ndarray  # float32 [z, y, x], z-scored over the non-zero bounding box, cropped to it
+    labels: np.ndarray  # uint8 [z, y, x], model class indices
+    class_voxels: dict[int, np.ndarray]  # model index -> flat indices of its voxels
+    raw_foreground: np.ndarray  # a sample of raw foreground intensities (for the plans fingerprint)
+
+
+def zscore_nonzero_crop(image_zyx: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """What nnU-Net (and the engine) do before the network: crop to the bounding box of the non-zero voxels,
+    then ``ZScoreNormalization`` without mask, (x - mean) / max(std, 1e-8) over that crop."""
+    box = ndimage.find_objects((image_zyx != 0).astype(np.uint8))
+    if not box or box[0] is None:
+        raise TrainingError("a rendered training image is entirely zero")
+    crop = image_zyx[box[0]].astype(np.float32)
+    return (crop - float(crop.mean())) / max(float(crop.std()), 1e-8), box[0]
+
+
+def _extent_bounds(extent_lps) -> tuple[np.ndarray, np.ndarray]:
+    """(min corner, max corner) in LPS mm from the phantom's ``extent_lps``."""
+    ext = np.asarray(extent_lps, dtype=np.float64)
+    if ext.shape == (2, 3):
+        return ext.min(axis=0), ext.max(axis=0)
+    if ext.shape == (3, 2):
+        return ext.min(axis=1), ext.max(axis=1)
+    raise TrainingError(f"phantom extent_lps has unexpected shape {ext.shape}; expected (2, 3) or (3, 2)")
+
+
+def canonical_grid(lo: np.ndarray, hi: np.ndarray, spacing: float, offset: np.ndarray):
+    """Shape and LPS affine of a RAS+ voxel grid (i -> right, j -> anterior, k -> superior) over a box."""
+    shape = tuple(int(np.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
+    affine = np.diag([-spacing, -spacing, spacing, 1.0])
+    # RAS+ voxel 0 is the right-most, anterior-most, lowest corner: largest LPS x and y, smallest LPS z.
+    affine[:3, 3] = [hi[0] - offset[0], hi[1] - offset[1], lo[2] + offset[2]]
+    return shape, affine
+
+
+def render_training_volume(phantom_module, rng: np.random.Generator, lut: np.ndarray) -> TrainingVolume:
+    """One randomized training volume on the canonical 3 mm grid."""
+    phantom = phantom_module.TorsoPhantom(int(rng.integers(*TRAIN_SEED_RANGE)))
+    lo, hi = _extent_bounds(phantom.extent_lps)
+    size = hi - lo
+    # Random field of view: partial z coverage (slabs) and occasionally clipped body edges in x/y.
+    new_lo, new_hi = lo.copy(), hi.copy()
+    for axis, p_crop, min_frac in ((0, 0.2, 0.75), (1, 0.2, 0.8), (2, 0.6, 0.4)):
+        if rng.random() < p_crop:
+            frac = rng.uniform(min_frac, 1.0)
+            start = rng.uniform(0, 1 - frac)
+            new_lo[axis] = lo[axis] + start * size[axis]
+            new_hi[axis] = new_lo[axis] + frac * size[axis]
+    shape, affine = canonical_grid(new_lo, new_hi, dm.SPACING_MM, rng.uniform(0, dm.SPACING_MM, 3))
+    name = TRAIN_CONTRASTS[int(rng.integers(len(TRAIN_CONTRASTS)))]
+    contrast = phantom_module.contrast(name, rng)
+    bias = float(rng.uniform(0.0, 0.5))
+    noise = float(rng.uniform(0.005, 0.08))
+    image, labels = phantom_module.render(phantom, shape, affine, contrast, rng, bias=bias, noise=noise)
+    image = np.asarray(image, dtype=np.float32)
+    if rng.random() < 0.3:  # partial-volume-like softening, as after resampling from another resolution
+        image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.0, 3)).astype(np.float32)
+    peak = float(np.percentile(image, 99.5)) or 1.0
+    image *= float(np.exp(rng.uniform(np.log(30.0), np.log(4000.0)))) / peak
+    if rng.random() < 0.7:  # the inference pipeline truncates resampled intensities to int32
+        image = np.trunc(image)
+    zyx = np.ascontiguousarray(np.transpose(image, (2, 1, 0)))
+    lab_zyx = np.ascontiguousarray(np.transpose(lut[np.asarray(labels)], (2, 1, 0)))
+    normalized, box = zscore_nonzero_crop(zyx)
+    lab_zyx = lab_zyx[box]
+    flat = lab_zyx.ravel()
+    order = np.argsort(flat, kind="stable")
+    counts = np.bincount(flat, minlength=int(lut.max()) + 1)
+    ends = np.cumsum(counts)
+    class_voxels = {c: order[ends[c] - counts[c] : ends[c]] for c in range(1, len(counts)) if counts[c] > 0}
+    fg = zyx[box][lab_zyx > 0]
+    raw_fg = fg[rng.integers(0, fg.size, 2000)] if fg.size else np.zeros(0, np.float32)
+    return TrainingVolume(normalized, lab_zyx, class_voxels, raw_fg)
+
+
+def extract_patch(volume: TrainingVolume, center: np.ndarray, patch: Sequence[int]):
+    """A patch around ``center`` with zero image / background label outside the volume."""
+    img = np.zeros(patch, dtype=np.float32)
+    lab = np.zeros(patch, dtype=np.int64)
+    start = np.asarray(center) - np.asarray(patch) // 2
+    src, dst = [], []
+    for s, p, n in zip(start, patch, volume.image.shape, strict=True):
+        a, b = max(s, 0), min(s + p, n)
+        if b <= a:
+            return img, lab
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    img[tuple(dst)] = volume.image[tuple(src)]
+    lab[tuple(dst)] = volume.labels[tuple(src)]
+    return img, lab
+
+
+def sample_patch(volume: TrainingVolume, rng: np.random.Generator, patch: Sequence[int]):
+    shape = np.asarray(volume.image.shape)
+    if volume.class_voxels and rng.random() < FOREGROUND_FRACTION:
+        classes = sorted(volume.class_voxels)
+        voxels = volume.class_voxels[classes[int(rng.integers(len(classes)))]]
+        center = np.array(np.unravel_index(int(voxels[int(rng.integers(voxels.size))]), shape))
+        center = center + rng.integers(-16, 17, 3)  # not always centred on the structure
+    else:
+        half = np.asarray(patch) // 2
+        lo = np.minimum(half, shape // 2)
+        hi = np.maximum(shape - half, shape // 2 + 1)
+        center = np.array([rng.integers(a, b) for a, b in zip(lo, hi, strict=True)])
+    return extract_patch(volume, center, patch)
+
+
+def deep_supervision_loss(outputs, target, n_classes: int):
+    """nnU-Net's deep supervision: the loss at every decoder resolution (targets downsampled by nearest
+    neighbour), weighted 1, 1/2, 1/4, ... and normalised; speeds up learning of the deeper layers."""
+    import torch.nn.functional as F
+
+    weights = [0.5**i for i in range(len(outputs))]
+    total = 0.0
+    for weight, out in zip(weights, outputs, strict=True):
+        if out.shape[2:] == target.shape[1:]:
+            tgt = target
+        else:
+            tgt = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
+        total = total + weight * dice_ce_loss(out, tgt, n_classes)
+    return total / sum(weights)
+
+
+def dice_ce_loss(logits, target, n_classes: int):
+    """Cross-entropy plus (1 - batch soft Dice over the foreground classes), as nnU-Net trains."""
+    import torch
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, target)
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, n_classes).permute(0, 4, 1, 2, 3).to(probs.dtype)
+    dims = (0, 2, 3, 4)
+    intersect = (probs * onehot).sum(dims)[1:]
+    denom = probs.sum(dims)[1:] + onehot.sum(dims)[1:]
+    dice = (2 * intersect + 1e-5) / (denom + 1e-5)
+    return ce + (1 - dice.mean())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _intensity_properties(samples: np.ndarray) -> dict[str, float]:
+    if samples.size == 0:
+        samples = np.zeros(1, np.float32)
+    return {
+        "max": float(samples.max()),
+        "mean": float(samples.mean()),
+        "median": float(np.median(samples)),
+        "min": float(samples.min()),
+        "percentile_00_5": float(np.percentile(samples, 0.5)),
+        "percentile_99_5": float(np.percentile(samples, 99.5)),
+        "std": float(samples.std()),
+    }
+
+
+def _readme(classes, command: str, args, stats: dict, sums: dict[str, str]) -> str:
+    rows = "\n".join(f"| {c.index} | {c.label} | {c.name} |" for c in classes)
+    sum_lines = "\n".join(f"{digest}  {name}" for name, digest in sums.items())
+    return f"""# Demo model (synthetic phantoms only; not for clinical use)
+
+A small nnU-Net v2 model in the exact results layout of nnU-Net 2.8.1
+(`{dm.DATASET_NAME}/{dm.MODEL_SUBFOLDER}/{{dataset.json, plans.json, fold_0/{dm.CHECKPOINT_NAME}}}`), trained
+only on the procedural torso phantoms of `app/synthetic/phantom.py`. It stands in for the TotalSegmentator MR
+weights where those cannot be downloaded. It knows nothing about real anatomy.
+
+- Input: one MR channel, RAS+ canonical (`nib.as_closest_canonical`), resampled to {dm.SPACING_MM:g} mm
+  isotropic, array in SimpleITK order `[z, y, x]`, z-scored over the non-zero bounding box
+  (`ZScoreNormalization`, no mask); patch {list(dm.PATCH_SIZE)}; no mirroring.
+- Network: `PlainConvUNet`, {len(dm.FEATURES_PER_STAGE)} stages, features {list(dm.FEATURES_PER_STAGE)},
+  InstanceNorm3d (affine), LeakyReLU; {stats["parameters"]:,} parameters.
+
+## Model class index -> TotalSegmentator MR label
+
+| model index | final label | name |
+|---|---|---|
+| 0 | 0 | background |
+{rows}
+
+## Training
+
+Command (run from the repository root):
+
+    {command}
+
+Seed {args.seed}, {args.iterations} iterations of batch {BATCH_SIZE}, {args.threads} torch threads.
+Training contrasts: {", ".join(sorted(set(TRAIN_CONTRASTS)))}; held out for evaluation:
+{", ".join(HELDOUT_CONTRASTS)} and phantom seeds >= {EVAL_SEED_BASE}.
+Measured on the machine that produced the committed weights: wall {stats["wall_s"]:.0f} s,
+process CPU {stats["cpu_s"]:.0f} s; final training loss {stats["final_loss"]:.3f}.
+
+Evaluate on held-out phantoms and contrasts (exits non-zero below mean Dice 0.90 or any structure < 0.80):
+
+    python -m app.synthetic.evaluate_demo_model --models models/demo
+
+## Checksums (`sha256sum -c SHA256SUMS` in this folder)
+
+```
+{sum_lines}
+```
+"""
+
+
+def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, command: str) -> Path:
+    """Train and write the model folder under ``out`` atomically; returns the model subfolder."""
+    import torch
+
+    from app.synthetic import phantom as phantom_module
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(seed)
+
+    classes = dm.model_label_map(dict(phantom_module.LABELS))
+    lut = np.zeros(256, dtype=np.uint8)
+    for c in classes:
+        lut[c.label] = c.index
+    n_classes = len(classes) + 1
+    plans_stub = dm.build_plans((1, 1, 1), _intensity_properties(np.zeros(1)))
+    network = dm.build_network(plans_stub, n_classes, deep_supervision=True)
+    if hasattr(network, "initialize"):
+        network.apply(network.initialize)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
+    n_params = sum(p.numel() for p in network.parameters())
+    log.info("training %d classes, %d parameters, %d iterations", n_classes, n_params, iterations)
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    pool: list[TrainingVolume] = []
+    shapes: list[tuple[int, ...]] = []
+    fg_samples: list[np.ndarray] = []
+    rendered = 0
+    losses: list[float] = []
+    network.train()
+    for it in range(iterations):
+        # Keep a pool of rendered volumes and replace the oldest every RENDER_EVERY iterations: rendering
+        # costs about as much as a training step, so each volume serves several patches.
+        while len(pool) < POOL_SIZE or (it > 0 and it % RENDER_EVERY == 0 and len(pool) == POOL_SIZE):
+            vol = render_training_volume(phantom_module, rng, lut)
+            rendered += 1
+            shapes.append(vol.image.shape)
+            fg_samples.append(vol.raw_foreground)
+            pool.append(vol)
+            if len(pool) > POOL_SIZE:
+                pool.pop(0)
+                break
+        picks = rng.choice(len(pool), size=BATCH_SIZE, replace=False)
+        patches = [sample_patch(pool[int(p)], rng, dm.PATCH_SIZE) for p in picks]
+        x = torch.from_numpy(np.stack([p[0] for p in patches]))[:, None]
+        y = torch.from_numpy(np.stack([p[1] for p in patches]))
+        lr = LEARNING_RATE * min(1.0, (it + 1) / 30) * (1 - it / iterations) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss = deep_supervision_loss(network(x), y, n_classes)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if (it + 1) % log_every == 0 or it + 1 == iterations:
+            log.info(
+                "iteration %d/%d loss %.4f (mean of last %d) lr %.2e volumes %d wall %.0f s cpu %.0f s",
+                it + 1,
+                iterations,
+                float(np.mean(losses[-log_every:])),
+                log_every,
+                lr,
+                rendered,
+                time.perf_counter() - wall0,
+                time.process_time() - cpu0,
+            )
+    stats = {
+        "wall_s": time.perf_counter() - wall0,
+        "cpu_s": time.process_time() - cpu0,
+        "final_loss": float(np.mean(losses[-min(50, len(losses)) :])),
+        "parameters": n_params,
+    }
+    median_shape = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
+    plans = dm.build_plans(median_shape, _intensity_properties(np.concatenate(fg_samples)))
+    dataset_json = dm.build_dataset_json(classes, num_training=rendered)
+    network.decoder.deep_supervision = False  # inference returns only the full-resolution output
+    network.eval()
+    return _write_model(out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads)
+
+
+def _write_model(
+    out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads
+) -> Path:
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        folder = dm.model_folder(tmp)
+        (folder / f"fold_{dm.FOLD}").mkdir(parents=True)
+        (folder / "plans.json").write_text(json.dumps(plans, indent=4, sort_keys=False) + "\n")
+        (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=4, sort_keys=False) + "\n")
+        checkpoint = {
+            "network_weights": network.state_dict(),
+            "optimizer_state": None,
+            "grad_scaler_state": None,
+            "logging": None,
+            "_best_ema": None,
+            "current_epoch": 1,
+            "init_args": {
+                "plans": plans,
+                "configuration": dm.CONFIGURATION,
+                "fold": dm.FOLD,
+                "dataset_json": dataset_json,
+                "device": "cpu",
+            },
+            "trainer_name": dm.TRAINER_NAME,
+            "inference_allowed_mirroring_axes": None,
+        }
+        torch.save(checkpoint, folder / f"fold_{dm.FOLD}" / dm.CHECKPOINT_NAME)
+        rel = [
+            f"{dm.DATASET_NAME}/{dm.MODEL_SUBFOLDER}/dataset.json",
+            f"{dm.DATASET_NAME}/{dm.MODEL_SUBFOLDER}/plans.json",
+            f"{dm.DATASET_NAME}/{dm.MODEL_SUBFOLDER}/fold_{dm.FOLD}/{dm.CHECKPOINT_NAME}",
+        ]
+        sums = {name: sha256_of(tmp / name) for name in rel}
+        (tmp / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in sums.items()))
+        args = argparse.Namespace(seed=seed, iterations=iterations, threads=threads)
+        (tmp / "README.md").write_text(_readme(classes, command, args, stats, sums))
+        os.chmod(tmp, 0o755)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s (wall %.0f s, cpu %.0f s)", out, stats["wall_s"], stats["cpu_s"])
+    return dm.model_folder(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("models/demo"), help="models root to (re)write")
+    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
+    parser.add_argument("--log-every", type=int, default=50)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.iterations < 1 or args.threads < 1 or args.log_every < 1:
+        parser.error("--iterations, --threads and --log-every must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = "python -m app.synthetic.train_demo_model " + " ".join(
+        [
+            f"--out {args.out}",
+            f"--iterations {args.iterations}",
+            f"--seed {args.seed}",
+            f"--threads {args.threads}",
+        ]
+    )
+    train(args.out, args.iterations, args.seed, args.threads, args.log_every, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
