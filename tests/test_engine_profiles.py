@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ def test_shipped_profiles():
 
 def test_total_mr_matches_totalsegmentator_class_maps():
     """Final labels, part datasets and per-part channel maps as TotalSegmentator 2.18 defines them."""
-    map_to_binary = pytest.importorskip("totalsegmentator.map_to_binary")
-    tasks = pytest.importorskip("totalsegmentator.map_tasks_config")
+    map_to_binary = importlib.import_module("totalsegmentator.map_to_binary")
+    tasks = importlib.import_module("totalsegmentator.map_tasks_config")
     profile = load_profile("total_mr")
     assert profile.classes == map_to_binary.class_map["total_mr"]
     assert profile.target_spacing_mm == (1.5, 1.5, 1.5) and profile.tile_step_size == 0.8
@@ -35,7 +36,7 @@ def test_total_mr_matches_totalsegmentator_class_maps():
 
 
 def test_fast_variant_is_the_3mm_single_model():
-    tasks = pytest.importorskip("totalsegmentator.map_tasks_config")
+    tasks = importlib.import_module("totalsegmentator.map_tasks_config")
     fast = load_profile("total_mr", fast=True)
     assert fast.name == "total_mr_fast" and fast.target_spacing_mm == (3.0, 3.0, 3.0)
     assert [p.dataset for p in fast.parts] == [tasks.TASK_ID_WEIGHTS_CONFIGS[852]["foldername"]]
@@ -43,7 +44,7 @@ def test_fast_variant_is_the_3mm_single_model():
 
 
 def test_demo_profile_covers_the_phantom_labels():
-    phantom = pytest.importorskip("app.synthetic.phantom")
+    phantom = importlib.import_module("app.synthetic.phantom")
     demo = load_profile("demo")
     assert demo.classes == phantom.LABELS
     assert list(demo.parts[0].labels.values()) == sorted(phantom.LABELS)
