@@ -43,7 +43,7 @@ setup-test: setup $(VENV)/.reference .apt-test.stamp
 
 demo: setup
 	$(BIN)/totalseg-mri demo -o out/demo
-	@echo "results in out/demo (selection.json, nifti/)"
+	@echo "results in out/demo: dicom/ (SEG, SR, PDF), report/, statistics.json, run.json, selection.json, nifti/"
 
 # The whole suite: unit/integration tests, then the real image build and its XNAT and MONAI Deploy runs.
 test: test-unit test-image
