@@ -16,21 +16,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
+from operators.seg_writer import PATIENT_STUDY_TYPE2
 from operators.segmentation_result import ResultWriterError
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
-# Patient and General Study module attributes copied from the source; Type 2 ones are created empty.
-_PATIENT_STUDY_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
+# Optional Patient and General Study attributes copied from the source when present (Type 2 ones: seg_writer).
 _PATIENT_STUDY_OPTIONAL = ("IssuerOfPatientID", "StudyDescription", "PatientAge", "OtherPatientIDsSequence")
 
 
@@ -63,7 +53,7 @@ def build_encapsulated_pdf(
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
     ds.SOPInstanceUID = sop_instance_uid
     ds.StudyInstanceUID = header.StudyInstanceUID
-    for keyword in _PATIENT_STUDY_TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         setattr(ds, keyword, header.get(keyword, None) or "")
     for keyword in _PATIENT_STUDY_OPTIONAL:
         if keyword in header and header[keyword].value not in (None, ""):
