@@ -107,7 +107,7 @@ def prepare_demo(case: Path) -> dict:
         "models": str(source),
         "trained_demo_model": trained,
         "ts_weights": str(ts_weights),
-        "ts_args": ["--fast"],
+        "ts_fast": True,
         "ts_lut": _lut(demo),
         "image": image,
         "affine_lps": affine,
@@ -140,7 +140,7 @@ def prepare_standin(case: Path) -> dict:
         "profile": str(total.source),
         "models": str(models),
         "ts_weights": str(models),
-        "ts_args": [],
+        "ts_fast": False,
         "ts_lut": None,
         "image": image,
         "affine_lps": affine,
@@ -208,45 +208,12 @@ def worker_nnunet(case: Path, spec: dict) -> dict:
 
 
 def worker_totalsegmentator(case: Path, spec: dict) -> dict:
-    home = case / "ts_home"
-    home.mkdir(exist_ok=True)
-    (home / "config.json").write_text(
-        json.dumps(
-            {
-                "totalseg_id": "totalseg_bench",
-                "send_usage_stats": False,
-                "prediction_counter": 0,
-                "statistics_disclaimer_shown": True,
-            }
-        )
-    )
-    env = {
-        **os.environ,
-        "TOTALSEG_HOME_DIR": str(home),
-        "TOTALSEG_WEIGHTS_PATH": spec["ts_weights"],
-        "PYTHONPATH": str(REPO),
-    }
+    from bench.parity_totalsegmentator import run_totalsegmentator_cli
+
     output = case / "totalsegmentator.nii.gz"
-    command = [
-        sys.executable,
-        str(REPO / "bench" / "totalsegmentator_offline.py"),
-        "-i",
-        str(case / "input.nii.gz"),
-        "-o",
-        str(output),
-        "--ml",
-        "--task",
-        "total_mr",
-        "--device",
-        "cpu",
-        "--quiet",
-        *spec["ts_args"],
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"TotalSegmentator failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    seconds = run_totalsegmentator_cli(
+        case / "input.nii.gz", output, Path(spec["ts_weights"]), case / "ts_home", fast=spec["ts_fast"]
+    )
     labels = np.asanyarray(nib.load(output).dataobj).astype(np.uint8)
     if spec["ts_lut"] is not None:
         labels = np.asarray(spec["ts_lut"], dtype=np.uint8)[labels]
