@@ -67,14 +67,30 @@ def arch_kwargs(spec: SyntheticModelSpec) -> dict:
     }
 
 
-def plans_json(spec: SyntheticModelSpec) -> dict:
+# A plausible MR foreground intensity fingerprint for models that were not planned from data.
+DEFAULT_INTENSITY_PROPERTIES = {
+    "max": 1000.0,
+    "mean": 300.0,
+    "median": 280.0,
+    "min": 0.0,
+    "percentile_00_5": 10.0,
+    "percentile_99_5": 900.0,
+    "std": 150.0,
+}
+
+
+def plans_json(
+    spec: SyntheticModelSpec,
+    median_shape: tuple[int, int, int] = (128, 128, 128),
+    intensity_properties: dict[str, float] | None = None,
+) -> dict:
     """A plans.json in nnU-Net 2.8's format for one 3d_fullres configuration."""
     backward = [spec.transpose_forward.index(i) for i in range(3)]
     return {
         "dataset_name": spec.dataset,
         "plans_name": spec.plans_name,
         "original_median_spacing_after_transp": list(spec.spacing),
-        "original_median_shape_after_transp": [128, 128, 128],
+        "original_median_shape_after_transp": [int(v) for v in median_shape],
         "image_reader_writer": spec.image_reader_writer,
         "transpose_forward": list(spec.transpose_forward),
         "transpose_backward": backward,
@@ -84,7 +100,7 @@ def plans_json(spec: SyntheticModelSpec) -> dict:
                 "preprocessor_name": "DefaultPreprocessor",
                 "batch_size": 2,
                 "patch_size": list(spec.patch_size),
-                "median_image_size_in_voxels": [128, 128, 128],
+                "median_image_size_in_voxels": [float(v) for v in median_shape],
                 "spacing": list(spec.spacing),
                 "normalization_schemes": ["ZScoreNormalization"],
                 "use_mask_for_norm": [spec.use_mask_for_norm],
@@ -120,15 +136,7 @@ def plans_json(spec: SyntheticModelSpec) -> dict:
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
-            "0": {
-                "max": 1000.0,
-                "mean": 300.0,
-                "median": 280.0,
-                "min": 0.0,
-                "percentile_00_5": 10.0,
-                "percentile_99_5": 900.0,
-                "std": 150.0,
-            }
+            "0": dict(intensity_properties or DEFAULT_INTENSITY_PROPERTIES)
         },
     }
 

@@ -38,7 +38,6 @@ PATCH_SIZE = (48, 64, 64)  # [z, y, x] in network order: 144 x 192 x 192 mm at 3
 FEATURES_PER_STAGE = (16, 32, 64, 64, 80)
 
 NETWORK_CLASS_NAME = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-KW_REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
 
 class DemoModelError(TotalSegMRIError, ValueError):
@@ -63,25 +62,27 @@ def model_label_map(labels: dict[int, str]) -> list[ModelClass]:
     return [ModelClass(i + 1, int(lab), labels[lab]) for i, lab in enumerate(sorted(labels))]
 
 
+def _factory_spec():
+    from operators.model_factory import SyntheticModelSpec
+
+    return SyntheticModelSpec(
+        dataset=DATASET_NAME,
+        label_names=(),
+        trainer=TRAINER_NAME,
+        plans_name=PLANS_NAME,
+        configuration=CONFIGURATION,
+        fold=FOLD,
+        patch_size=PATCH_SIZE,
+        spacing=(SPACING_MM,) * 3,
+        features_per_stage=FEATURES_PER_STAGE,
+    )
+
+
 def arch_kwargs() -> dict[str, Any]:
     """Keyword arguments of ``PlainConvUNet`` as nnU-Net stores them (import strings for the op classes)."""
-    n = len(FEATURES_PER_STAGE)
-    return {
-        "n_stages": n,
-        "features_per_stage": list(FEATURES_PER_STAGE),
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * n,
-        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-        "n_conv_per_stage": [2] * n,
-        "n_conv_per_stage_decoder": [2] * (n - 1),
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    from operators import model_factory
+
+    return model_factory.arch_kwargs(_factory_spec())
 
 
 def build_dataset_json(classes: list[ModelClass], num_training: int) -> dict[str, Any]:
@@ -104,58 +105,9 @@ def build_plans(
     median_shape_zyx: tuple[int, int, int], intensity_properties: dict[str, float]
 ) -> dict[str, Any]:
     """nnU-Net v2 ``plans.json`` with a single ``3d_fullres`` configuration at 3 mm isotropic."""
-    spacing = [SPACING_MM] * 3
-    return {
-        "dataset_name": DATASET_NAME,
-        "plans_name": PLANS_NAME,
-        "original_median_spacing_after_transp": spacing,
-        "original_median_shape_after_transp": [int(v) for v in median_shape_zyx],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {
-            CONFIGURATION: {
-                "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}",
-                "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2,
-                "patch_size": list(PATCH_SIZE),
-                "median_image_size_in_voxels": [float(v) for v in median_shape_zyx],
-                "spacing": spacing,
-                "normalization_schemes": ["ZScoreNormalization"],
-                "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape",
-                "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": {
-                    "is_seg": False,
-                    "order": 3,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "resampling_fn_seg_kwargs": {
-                    "is_seg": True,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {
-                    "is_seg": False,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "architecture": {
-                    "network_class_name": NETWORK_CLASS_NAME,
-                    "arch_kwargs": arch_kwargs(),
-                    "_kw_requires_import": list(KW_REQUIRES_IMPORT),
-                },
-                "batch_dice": False,
-            }
-        },
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": dict(intensity_properties)},
-    }
+    from operators import model_factory
+
+    return model_factory.plans_json(_factory_spec(), median_shape_zyx, intensity_properties)
 
 
 def model_folder(models_root: str | Path) -> Path:
