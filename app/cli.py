@@ -79,15 +79,19 @@ def _sdk_argv(input_path: Path, output_path: Path, models: Path | None, log_leve
     return argv
 
 
+def _models(args: argparse.Namespace) -> Path | None:
+    """``-m``, else HOLOSCAN_MODEL_PATH (read by the SDK), else the embedded demo model."""
+    if args.models or os.environ.get("HOLOSCAN_MODEL_PATH") or not DEFAULT_MODELS.exists():
+        return args.models
+    return DEFAULT_MODELS
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if not args.input.exists():
         logger.error("input %s does not exist", args.input)
         return 2
     ensure_writable(args.output)
-    models = args.models or (
-        None if os.environ.get("HOLOSCAN_MODEL_PATH") or not DEFAULT_MODELS.exists() else DEFAULT_MODELS
-    )
-    return _run_app(_sdk_argv(args.input, args.output, models, args.log_level), _options(args))
+    return _run_app(_sdk_argv(args.input, args.output, _models(args), args.log_level), _options(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -98,9 +102,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(target)
     study = write_study(target, seed=args.seed)
     logger.info("synthetic study written to %s", study.root)
-    models = args.models or (DEFAULT_MODELS if DEFAULT_MODELS.exists() else None)
-    argv = _sdk_argv(study.root / "dicom", args.output, models, args.log_level)
-    args.rules = args.best_per_study = args.modalities = None
+    argv = _sdk_argv(study.root / "dicom", args.output, _models(args), args.log_level)
     return _run_app(argv, _options(args))
 
 
