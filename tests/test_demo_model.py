@@ -156,8 +156,58 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
     volume, truth = render_case(phantom, tdm.EVAL_SEED_BASE + 51, "t2", ACQUISITIONS[0])
     ours = SegmentationEngine("demo", MODELS, device="cpu").segment(volume)
     reference = nnunet_reference_segment(volume, load_profile("demo"), MODELS)
-    # Voxel-identical to nnU-Net's own predictor. (Accuracy against the phantom's truth is reported by
-    # app/synthetic/evaluate_demo_model.py; the committed weights do not reach the target yet.)
+    # Voxel-identical to nnU-Net's own predictor. (Accuracy against the phantom's truth: the floor test
+    # below and app/synthetic/evaluate_demo_model.py; the committed weights do not reach the target.)
     assert ours.shape == reference.shape == truth.shape
     np.testing.assert_array_equal(ours, reference)
     assert dice_per_class(ours, reference, sorted(phantom.LABELS))
+
+
+# Per-structure Dice the committed weights reach on one held-out case (seed, contrast and acquisition never
+# used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
+# laterality, resampling) or a worse checkpoint. It is NOT the accuracy target (mean 0.90, every
+# structure 0.80), which the committed weights do not reach; see models/demo/README.md.
+# Measured (this case): mean 0.507; liver 0.739, lungs L/R 0.552/0.684, vertebrae 0.584, aorta 0.742, IVC 0.851,
+# autochthon L/R 0.868/0.879, iliopsoas R 0.742, kidney R 0.631. Left/right pairs guard laterality.
+HELD_OUT_FLOOR = {2: 0.5, 5: 0.6, 10: 0.45, 11: 0.55, 19: 0.45, 23: 0.6, 24: 0.7, 46: 0.75, 47: 0.75, 49: 0.6}
+HELD_OUT_MEAN_FLOOR = 0.45
+
+
+@pytest.mark.slow
+def test_committed_weights_keep_their_measured_accuracy_on_a_held_out_phantom():
+    from app.synthetic.evaluate_demo_model import case_dice
+    from operators.segmentation_engine import SegmentationEngine
+
+    volume, truth = render_case(phantom, tdm.EVAL_SEED_BASE + 7, "dixon_opp", ACQUISITIONS[1])
+    scores = case_dice(SegmentationEngine("demo", MODELS, device="cpu"), volume, truth)
+    names = {value: name for value, name in phantom.LABELS.items()}
+    assert np.mean(list(scores.values())) >= HELD_OUT_MEAN_FLOOR
+    for label, floor in HELD_OUT_FLOOR.items():
+        assert scores[label] >= floor, f"{names[label]}: Dice {scores[label]:.3f} < {floor}"
+
+
+def test_grid_upper_bound_is_exact_on_the_model_grid_and_below_one_off_it():
+    from app.synthetic.evaluate_demo_model import acquisition_grid, grid_upper_bound
+    from operators.volume import Volume
+
+    def volume(shape, affine):
+        return Volume(
+            array=np.zeros(shape, np.float32),
+            affine_lps=affine,
+            study_instance_uid="2.25.1",
+            series_instance_uid="2.25.2",
+            stack_id="1",
+            series_description="",
+        )
+
+    ph = phantom.TorsoPhantom(11)
+    lo, hi = tdm._extent_bounds(ph.extent_lps)
+    shape, affine = tdm.canonical_grid(lo, hi, 3.0, np.zeros(3))
+    truth = ph.sample_grid(shape, affine)
+    assert set(grid_upper_bound(volume(shape, affine), truth, (3.0, 3.0, 3.0)).values()) == {1.0}
+
+    shape, affine = acquisition_grid(ph.extent_lps, ACQUISITIONS[1])  # coronal, 1.4 x 1.4 x 4.5 mm
+    truth = ph.sample_grid(shape, affine)
+    bound = grid_upper_bound(volume(shape, affine), truth, (3.0, 3.0, 3.0))
+    assert set(bound) == set(np.unique(truth).tolist()) - {0}
+    assert all(0.8 < value < 1.0 for value in bound.values())

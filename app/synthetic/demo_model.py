@@ -35,7 +35,7 @@ CHECKPOINT_NAME = "checkpoint_final.pth"
 
 SPACING_MM = 3.0
 PATCH_SIZE = (48, 64, 64)  # [z, y, x] in network order: 144 x 192 x 192 mm at 3 mm
-FEATURES_PER_STAGE = (16, 32, 64, 64, 80)
+FEATURES_PER_STAGE = (8, 16, 32, 64, 80)  # a narrow full-resolution stage: most of the CPU cost
 
 NETWORK_CLASS_NAME = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
