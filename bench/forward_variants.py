@@ -26,35 +26,22 @@ from operators.model_factory import (  # noqa: E402
     TOTAL_MR_STANDIN_FEATURES,
     TOTAL_MR_STANDIN_PATCH,
     SyntheticModelSpec,
-    arch_kwargs,
-    random_network_weights,
+    random_network,
 )
-from operators.network_builder import NetworkConfig, build_network  # noqa: E402
 
 logger = logging.getLogger("forward_variants")
 VARIANTS = ("eager", "channels_last", "jit_freeze")
 
 
 def standin_network() -> torch.nn.Module:
-    spec = SyntheticModelSpec(
-        dataset="Dataset850_TotalSegMRI_part1_organs_1088subj",
-        label_names=tuple(f"class{i}" for i in range(1, 30)),
-        patch_size=TOTAL_MR_STANDIN_PATCH,
-        features_per_stage=TOTAL_MR_STANDIN_FEATURES,
+    return random_network(
+        SyntheticModelSpec(
+            dataset="Dataset850_TotalSegMRI_part1_organs_1088subj",
+            label_names=tuple(f"class{i}" for i in range(1, 30)),
+            patch_size=TOTAL_MR_STANDIN_PATCH,
+            features_per_stage=TOTAL_MR_STANDIN_FEATURES,
+        )
     )
-    config = NetworkConfig(
-        patch_size=spec.patch_size,
-        spacing=spec.spacing,
-        transpose_forward=spec.transpose_forward,
-        normalization_scheme="ZScoreNormalization",
-        use_mask_for_norm=False,
-        network_class_name="dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        arch_kwargs=arch_kwargs(spec),
-        kw_requires_import=("conv_op", "norm_op", "dropout_op", "nonlin"),
-    )
-    network = build_network(config, len(spec.label_names) + 1)
-    network.load_state_dict(random_network_weights(spec))
-    return network.eval()
 
 
 def prepare(variant: str, network: torch.nn.Module, tile: torch.Tensor):

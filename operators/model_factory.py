@@ -153,10 +153,9 @@ def dataset_json(spec: SyntheticModelSpec) -> dict:
     }
 
 
-def random_network_weights(spec: SyntheticModelSpec) -> dict[str, torch.Tensor]:
-    """Seeded random weights for the spec's network, InstanceNorm affine parameters randomised too."""
-    generator = torch.Generator().manual_seed(spec.seed)
-    config = NetworkConfig(
+def network_config(spec: SyntheticModelSpec) -> NetworkConfig:
+    """The network configuration the spec's plans.json describes."""
+    return NetworkConfig(
         patch_size=spec.patch_size,
         spacing=spec.spacing,
         transpose_forward=spec.transpose_forward,
@@ -166,7 +165,19 @@ def random_network_weights(spec: SyntheticModelSpec) -> dict[str, torch.Tensor]:
         arch_kwargs=arch_kwargs(spec),
         kw_requires_import=("conv_op", "norm_op", "dropout_op", "nonlin"),
     )
-    network = build_network(config, len(spec.label_names) + 1)
+
+
+def random_network(spec: SyntheticModelSpec) -> torch.nn.Module:
+    """The spec's network in eval mode, holding :func:`random_network_weights`."""
+    network = build_network(network_config(spec), len(spec.label_names) + 1)
+    network.load_state_dict(random_network_weights(spec))
+    return network.eval()
+
+
+def random_network_weights(spec: SyntheticModelSpec) -> dict[str, torch.Tensor]:
+    """Seeded random weights for the spec's network, InstanceNorm affine parameters randomised too."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    network = build_network(network_config(spec), len(spec.label_names) + 1)
     weights = {}
     for name, tensor in network.state_dict().items():
         if tensor.dtype.is_floating_point and tensor.ndim >= 2:

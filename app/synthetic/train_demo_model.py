@@ -311,24 +311,24 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
     log.info("training %d classes, %d parameters, %d iterations", n_classes, n_params, iterations)
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    shapes: list[tuple[int, ...]] = []
+    shapes: list[tuple[int, ...]] = []  # of every rendered volume, for the plans fingerprint
     fg_samples: list[np.ndarray] = []
     losses: list[float] = []
-    pool = [render_training_volume(phantom_module, rng, lut) for _ in range(POOL_SIZE)]
-    rendered = len(pool)
-    shapes.extend(v.image.shape for v in pool)
-    fg_samples.extend(v.raw_foreground for v in pool)
+
+    def render() -> TrainingVolume:
+        vol = render_training_volume(phantom_module, rng, lut)
+        shapes.append(vol.image.shape)
+        fg_samples.append(vol.raw_foreground)
+        return vol
+
+    pool = [render() for _ in range(POOL_SIZE)]
     init_output_layers(network, pool, n_classes)
     network.train()
     for it in range(iterations):
         # Replace the oldest pooled volume every RENDER_EVERY iterations: rendering costs about half a
         # training step, so each volume serves several patches.
         if it > 0 and it % RENDER_EVERY == 0:
-            vol = render_training_volume(phantom_module, rng, lut)
-            rendered += 1
-            shapes.append(vol.image.shape)
-            fg_samples.append(vol.raw_foreground)
-            pool = [*pool[1:], vol]
+            pool = [*pool[1:], render()]
         picks = rng.choice(len(pool), size=BATCH_SIZE, replace=False)
         patches = [sample_patch(pool[int(p)], rng, dm.PATCH_SIZE) for p in picks]
         x = torch.from_numpy(np.stack([p[0] for p in patches]))[:, None]
@@ -350,7 +350,7 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
                 float(np.mean(losses[-log_every:])),
                 log_every,
                 lr,
-                rendered,
+                len(shapes),
                 time.perf_counter() - wall0,
                 time.process_time() - cpu0,
             )
@@ -362,7 +362,7 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
     }
     median_shape = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
     plans = dm.build_plans(median_shape, _intensity_properties(np.concatenate(fg_samples)))
-    dataset_json = dm.build_dataset_json(classes, num_training=rendered)
+    dataset_json = dm.build_dataset_json(classes, num_training=len(shapes))
     network.decoder.deep_supervision = False  # inference returns only the full-resolution output
     network.eval()
     return _write_model(out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads)
