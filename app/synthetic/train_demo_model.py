@@ -43,6 +43,12 @@ TRAIN_CONTRASTS = (
     "dixon_fat",
 )
 HELDOUT_CONTRASTS = ("t2", "dixon_in", "dixon_opp")
+# Curriculum: the first CURRICULUM_FRACTION of the iterations render only CURRICULUM_CONTRASTS. With every
+# patch in another contrast the network predicts background for the first 600-900 iterations (a third of the
+# budget); with one consistent contrast it finds the organs within a few hundred and then learns the other
+# contrasts from there. Same budget, same seed: held-out mean Dice 0.47 without, 0.69 with.
+CURRICULUM_CONTRASTS = ("t1",)
+CURRICULUM_FRACTION = 0.2
 TRAIN_SEED_RANGE = (0, 500_000)
 EVAL_SEED_BASE = 900_000  # evaluation phantoms use seeds from here on; training never draws them
 
@@ -100,8 +106,10 @@ def canonical_grid(lo: np.ndarray, hi: np.ndarray, spacing: float, offset: np.nd
     return shape, affine
 
 
-def render_training_volume(phantom_module, rng: np.random.Generator, lut: np.ndarray) -> TrainingVolume:
-    """One randomized training volume on the canonical 3 mm grid."""
+def render_training_volume(
+    phantom_module, rng: np.random.Generator, lut: np.ndarray, contrasts: Sequence[str] = TRAIN_CONTRASTS
+) -> TrainingVolume:
+    """One randomized training volume on the canonical 3 mm grid, in one of ``contrasts``."""
     phantom = phantom_module.TorsoPhantom(int(rng.integers(*TRAIN_SEED_RANGE)))
     lo, hi = _extent_bounds(phantom.extent_lps)
     size = hi - lo
@@ -114,7 +122,7 @@ def render_training_volume(phantom_module, rng: np.random.Generator, lut: np.nda
             new_lo[axis] = lo[axis] + start * size[axis]
             new_hi[axis] = new_lo[axis] + frac * size[axis]
     shape, affine = canonical_grid(new_lo, new_hi, dm.SPACING_MM, rng.uniform(0, dm.SPACING_MM, 3))
-    name = TRAIN_CONTRASTS[int(rng.integers(len(TRAIN_CONTRASTS)))]
+    name = contrasts[int(rng.integers(len(contrasts)))]
     contrast = phantom_module.contrast(name, rng)
     bias = float(rng.uniform(0.0, 0.5))
     noise = float(rng.uniform(*NOISE_RANGE))
@@ -269,7 +277,8 @@ Command (run from the repository root):
     {command}
 
 Seed {args.seed}, {args.iterations} iterations of batch {BATCH_SIZE}, {args.threads} torch threads.
-Training contrasts: {", ".join(sorted(set(TRAIN_CONTRASTS)))}; held out for evaluation:
+Training contrasts: {", ".join(sorted(set(TRAIN_CONTRASTS)))} (the first {CURRICULUM_FRACTION:.0%} of the
+iterations: {", ".join(CURRICULUM_CONTRASTS)} only); held out for evaluation:
 {", ".join(HELDOUT_CONTRASTS)} and phantom seeds >= {EVAL_SEED_BASE}.
 Measured on the machine that produced the committed weights: wall {stats["wall_s"]:.0f} s,
 process CPU {stats["cpu_s"]:.0f} s; final training loss {stats["final_loss"]:.3f}.
@@ -315,20 +324,21 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
     fg_samples: list[np.ndarray] = []
     losses: list[float] = []
 
-    def render() -> TrainingVolume:
-        vol = render_training_volume(phantom_module, rng, lut)
+    def render(iteration: int) -> TrainingVolume:
+        early = iteration < CURRICULUM_FRACTION * iterations
+        vol = render_training_volume(phantom_module, rng, lut, CURRICULUM_CONTRASTS if early else TRAIN_CONTRASTS)
         shapes.append(vol.image.shape)
         fg_samples.append(vol.raw_foreground)
         return vol
 
-    pool = [render() for _ in range(POOL_SIZE)]
+    pool = [render(0) for _ in range(POOL_SIZE)]
     init_output_layers(network, pool, n_classes)
     network.train()
     for it in range(iterations):
         # Replace the oldest pooled volume every RENDER_EVERY iterations: rendering costs about half a
         # training step, so each volume serves several patches.
         if it > 0 and it % RENDER_EVERY == 0:
-            pool = [*pool[1:], render()]
+            pool = [*pool[1:], render(it)]
         picks = rng.choice(len(pool), size=BATCH_SIZE, replace=False)
         patches = [sample_patch(pool[int(p)], rng, dm.PATCH_SIZE) for p in picks]
         x = torch.from_numpy(np.stack([p[0] for p in patches]))[:, None]
