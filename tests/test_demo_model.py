@@ -145,6 +145,26 @@ def test_training_is_deterministic_and_writes_a_complete_folder(tmp_path):
     assert not [p for p in out_a.parent.iterdir() if p.name != "demo"]  # no temporary folder left behind
 
 
+def test_curriculum_renders_only_its_contrasts_first_and_never_a_held_out_one(tmp_path, monkeypatch):
+    drawn: list[str] = []
+    real_contrast = phantom.contrast
+
+    def recording_contrast(name, rng):
+        drawn.append(name)
+        return real_contrast(name, rng)
+
+    monkeypatch.setattr(phantom, "contrast", recording_contrast)
+    monkeypatch.setattr(tdm, "POOL_SIZE", 2)
+    monkeypatch.setattr(tdm, "RENDER_EVERY", 1)
+    tdm.train(tmp_path / "demo", iterations=20, seed=3, threads=2, log_every=20, command="test")
+    # iterations 0..3 are the first 20 %: the 2 pooled volumes plus the renders at iterations 1, 2 and 3
+    early, late = drawn[:5], drawn[5:]
+    assert len(drawn) == 2 + 19
+    assert set(early) == set(tdm.CURRICULUM_CONTRASTS)
+    assert set(late) <= set(tdm.TRAIN_CONTRASTS) and len(set(late)) > 1
+    assert not set(drawn) & set(tdm.HELDOUT_CONTRASTS)
+
+
 @pytest.mark.slow
 def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
     """nnU-Net 2.8.1's own ``nnUNetPredictor.initialize_from_trained_model_folder`` reads the committed
