@@ -169,15 +169,22 @@ def network_config(spec: SyntheticModelSpec) -> NetworkConfig:
 
 def random_network(spec: SyntheticModelSpec) -> torch.nn.Module:
     """The spec's network in eval mode, holding :func:`random_network_weights`."""
-    network = build_network(network_config(spec), len(spec.label_names) + 1)
-    network.load_state_dict(random_network_weights(spec))
+    network = _network(spec)
+    network.load_state_dict(_seeded_weights(network, spec))
     return network.eval()
 
 
 def random_network_weights(spec: SyntheticModelSpec) -> dict[str, torch.Tensor]:
     """Seeded random weights for the spec's network, InstanceNorm affine parameters randomised too."""
+    return _seeded_weights(_network(spec), spec)
+
+
+def _network(spec: SyntheticModelSpec) -> torch.nn.Module:
+    return build_network(network_config(spec), len(spec.label_names) + 1)
+
+
+def _seeded_weights(network: torch.nn.Module, spec: SyntheticModelSpec) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(spec.seed)
-    network = build_network(network_config(spec), len(spec.label_names) + 1)
     weights = {}
     for name, tensor in network.state_dict().items():
         if tensor.dtype.is_floating_point and tensor.ndim >= 2:
