@@ -188,14 +188,14 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
 # used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
 # laterality, resampling) or a worse checkpoint. It is NOT the accuracy target (mean 0.90, every
 # structure 0.80), which the committed weights do not reach; see models/demo/README.md.
-# Measured (this case): mean 0.718; liver 0.921, gallbladder 0.809, kidneys R/L 0.808/0.591, lungs L/R
-# 0.740/0.748, spinal cord 0.706, heart 0.496, autochthon L/R 0.853/0.856, iliopsoas L/R 0.797/0.834; discs 0.003
-# (no floor). Left/right pairs guard laterality.
+# Measured (this case): mean 0.764; liver 0.911, gallbladder 0.912, kidneys R/L 0.810/0.829, lungs L/R
+# 0.691/0.709, spinal cord 0.705, heart 0.742, vertebrae 0.564, discs 0.256, autochthon L/R 0.887/0.864,
+# iliopsoas L/R 0.827/0.839. Left/right pairs guard laterality.
 HELD_OUT_FLOOR = {
-    1: 0.55, 2: 0.7, 3: 0.5, 4: 0.7, 5: 0.8, 6: 0.7, 10: 0.65, 11: 0.65, 19: 0.5,
-    21: 0.6, 22: 0.4, 23: 0.75, 24: 0.75, 46: 0.75, 47: 0.75, 48: 0.7, 49: 0.75,
+    1: 0.65, 2: 0.7, 3: 0.7, 4: 0.8, 5: 0.8, 6: 0.65, 10: 0.6, 11: 0.6, 19: 0.45, 20: 0.15,
+    21: 0.6, 22: 0.65, 23: 0.7, 24: 0.75, 46: 0.75, 47: 0.75, 48: 0.7, 49: 0.75,
 }  # fmt: skip
-HELD_OUT_MEAN_FLOOR = 0.62
+HELD_OUT_MEAN_FLOOR = 0.66
 
 
 @pytest.mark.slow
