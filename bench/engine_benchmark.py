@@ -87,6 +87,8 @@ def prepare_demo(case: Path) -> dict:
                 patch_size=dm.PATCH_SIZE,
                 spacing=(dm.SPACING_MM,) * 3,
                 features_per_stage=dm.FEATURES_PER_STAGE,
+                n_conv_per_stage=dm.N_CONV_PER_STAGE,
+                n_conv_per_stage_decoder=dm.N_CONV_PER_STAGE_DECODER,
             ),
         )
     # TotalSegmentator --fast reads the 3 mm dataset folder; the same files under that name

@@ -35,6 +35,9 @@ class SyntheticModelSpec:
     patch_size: tuple[int, int, int] = (32, 32, 32)
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     features_per_stage: tuple[int, ...] = (4, 8, 16)
+    # convolutions per encoder / decoder stage; None: nnU-Net's default of 2 everywhere
+    n_conv_per_stage: tuple[int, ...] | None = None
+    n_conv_per_stage_decoder: tuple[int, ...] | None = None
     transpose_forward: tuple[int, int, int] = (0, 1, 2)
     use_mask_for_norm: bool = False
     image_reader_writer: str = "SimpleITKIO"
@@ -55,8 +58,8 @@ def arch_kwargs(spec: SyntheticModelSpec) -> dict:
         "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [[3, 3, 3]] * n,
         "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-        "n_conv_per_stage": [2] * n,
-        "n_conv_per_stage_decoder": [2] * (n - 1),
+        "n_conv_per_stage": list(spec.n_conv_per_stage or [2] * n),
+        "n_conv_per_stage_decoder": list(spec.n_conv_per_stage_decoder or [2] * (n - 1)),
         "conv_bias": True,
         "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
         "norm_op_kwargs": {"eps": 1e-05, "affine": True},

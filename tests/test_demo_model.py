@@ -131,6 +131,56 @@ def test_model_label_map_rejects_background_and_empty():
     ]
 
 
+def test_curved_contrast_keeps_air_black_and_equal_tissues_equal_but_reorders_others():
+    rng = np.random.default_rng(0)
+    t1 = phantom.contrast("t1", rng)
+    index = phantom.TISSUE_INDEX
+    disc_brighter = 0
+    for _ in range(40):
+        curved = tdm.curved_contrast(t1, rng).intensities
+        assert curved[index["air"]] == 0.0
+        assert all(0.0 <= v <= 1.0 for v in curved)
+        # tissues that share an intensity (all muscles; both kidneys) still do: shape must tell them apart
+        assert curved[index["autochthon_left"]] == curved[index["iliopsoas_right"]]
+        assert curved[index["kidney_left"]] == curved[index["kidney_right"]]
+        disc_brighter += curved[index["intervertebral_discs"]] > curved[index["vertebrae"]]
+    # in t1 the disc is darker than the vertebra; the curves make it brighter in a good share of the draws
+    assert t1.intensity("intervertebral_discs") < t1.intensity("vertebrae")
+    assert 8 <= disc_brighter <= 32
+
+
+def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
+    """The training loss (computed without a one-hot tensor, for speed) has the value and the gradient of the
+    textbook one-hot formulation: mean cross-entropy + 1 - mean over foreground classes of batch soft Dice."""
+    import torch.nn.functional as F
+
+    n = 5
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, n, 6, 7, 8, generator=gen)
+    target = torch.randint(0, n - 1, (2, 6, 7, 8), generator=gen)  # class 4 absent: its Dice term still counts
+
+    def reference(x):
+        probs = torch.softmax(x, dim=1)
+        onehot = F.one_hot(target, n).permute(0, 4, 1, 2, 3).float()
+        intersect = (probs * onehot).sum((0, 2, 3, 4))[1:]
+        denom = probs.sum((0, 2, 3, 4))[1:] + onehot.sum((0, 2, 3, 4))[1:]
+        dice = (2 * intersect + 1e-5) / (denom + 1e-5)
+        return F.cross_entropy(x, target) + 1 - dice.mean()
+
+    results = []
+    for fn in (lambda x: tdm.dice_ce_loss(x, target, n), reference):
+        x = logits.clone().requires_grad_()
+        loss = fn(x)
+        loss.backward()
+        results.append((float(loss.detach()), x.grad))
+    (ours, our_grad), (ref, ref_grad) = results
+    assert ours == pytest.approx(ref, rel=1e-6)
+    assert torch.allclose(our_grad, ref_grad, rtol=1e-5, atol=1e-9)
+    # channels-last logits (as the network returns them in training) give the same loss
+    channels_last = logits.contiguous(memory_format=torch.channels_last_3d)
+    assert float(tdm.deep_supervision_loss([channels_last], target, n)) == pytest.approx(ref, rel=1e-6)
+
+
 def test_training_is_deterministic_and_writes_a_complete_folder(tmp_path):
     out_a, out_b = tmp_path / "a" / "demo", tmp_path / "b" / "demo"
     for out in (out_a, out_b):
@@ -147,13 +197,20 @@ def test_training_is_deterministic_and_writes_a_complete_folder(tmp_path):
 
 def test_curriculum_renders_only_its_contrasts_first_and_never_a_held_out_one(tmp_path, monkeypatch):
     drawn: list[str] = []
-    real_contrast = phantom.contrast
+    curved: list[int] = []  # index into drawn of each render passed through an intensity curve
+    real_contrast, real_curve = phantom.contrast, tdm.curved_contrast
 
     def recording_contrast(name, rng):
         drawn.append(name)
         return real_contrast(name, rng)
 
+    def recording_curve(contrast, rng):
+        curved.append(len(drawn) - 1)
+        return real_curve(contrast, rng)
+
     monkeypatch.setattr(phantom, "contrast", recording_contrast)
+    monkeypatch.setattr(tdm, "curved_contrast", recording_curve)
+    monkeypatch.setattr(tdm, "CURVE_PROBABILITY", 1.0)
     monkeypatch.setattr(tdm, "POOL_SIZE", 2)
     monkeypatch.setattr(tdm, "RENDER_EVERY", 1)
     tdm.train(tmp_path / "demo", iterations=20, seed=3, threads=2, log_every=20, command="test")
@@ -163,6 +220,8 @@ def test_curriculum_renders_only_its_contrasts_first_and_never_a_held_out_one(tm
     assert set(early) == set(tdm.CURRICULUM_CONTRASTS)
     assert set(late) <= set(tdm.TRAIN_CONTRASTS) and len(set(late)) > 1
     assert not set(drawn) & set(tdm.HELDOUT_CONTRASTS)
+    # after the curriculum, every realistic contrast goes through a curve (probability 1 here), "random" never
+    assert curved == [i for i, name in enumerate(drawn) if i >= 5 and name != "random"]
 
 
 @pytest.mark.slow
@@ -188,14 +247,14 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
 # used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
 # laterality, resampling) or a worse checkpoint. It is NOT the issue's accuracy target (mean 0.90, every
 # structure 0.80), which the committed weights do not reach; see models/demo/README.md.
-# Measured (this case): mean 0.764; liver 0.911, gallbladder 0.912, kidneys R/L 0.810/0.829, lungs L/R
-# 0.691/0.709, spinal cord 0.705, heart 0.742, vertebrae 0.564, discs 0.256, autochthon L/R 0.887/0.864,
-# iliopsoas L/R 0.827/0.839. Left/right pairs guard laterality.
+# Measured (this case): mean 0.822; liver 0.920, gallbladder 0.898, kidneys R/L 0.802/0.841, lungs L/R
+# 0.837/0.836, spinal cord 0.761, heart 0.906, vertebrae 0.647, discs 0.444, autochthon L/R 0.868/0.894,
+# iliopsoas L/R 0.825/0.849. Left/right pairs guard laterality.
 HELD_OUT_FLOOR = {
-    1: 0.65, 2: 0.7, 3: 0.7, 4: 0.8, 5: 0.8, 6: 0.65, 10: 0.6, 11: 0.6, 19: 0.45, 20: 0.15,
-    21: 0.6, 22: 0.65, 23: 0.7, 24: 0.75, 46: 0.75, 47: 0.75, 48: 0.7, 49: 0.75,
+    1: 0.75, 2: 0.7, 3: 0.7, 4: 0.8, 5: 0.8, 6: 0.75, 10: 0.7, 11: 0.7, 19: 0.5, 20: 0.3,
+    21: 0.65, 22: 0.8, 23: 0.7, 24: 0.75, 46: 0.75, 47: 0.75, 48: 0.7, 49: 0.7,
 }  # fmt: skip
-HELD_OUT_MEAN_FLOOR = 0.66
+HELD_OUT_MEAN_FLOOR = 0.72
 
 
 @pytest.mark.slow

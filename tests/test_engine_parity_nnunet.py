@@ -157,6 +157,8 @@ def test_demo_profile_matches_nnunet_on_a_phantom(tmp_path):
                 patch_size=dm.PATCH_SIZE,
                 spacing=(dm.SPACING_MM,) * 3,
                 features_per_stage=dm.FEATURES_PER_STAGE,
+                n_conv_per_stage=dm.N_CONV_PER_STAGE,
+                n_conv_per_stage_decoder=dm.N_CONV_PER_STAGE_DECODER,
                 weight_scale=1.5,
             ),
         )

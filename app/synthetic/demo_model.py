@@ -36,6 +36,10 @@ CHECKPOINT_NAME = "checkpoint_final.pth"
 SPACING_MM = 3.0
 PATCH_SIZE = (48, 64, 64)  # [z, y, x] in network order: 144 x 192 x 192 mm at 3 mm
 FEATURES_PER_STAGE = (8, 16, 32, 64, 80)  # a narrow full-resolution stage: most of the CPU cost
+# One convolution in the full-resolution encoder stage and in every decoder stage (nnU-Net's default is two
+# everywhere): the full-resolution stage costs half as much, and a training step about 0.7x as long.
+N_CONV_PER_STAGE = (1, 2, 2, 2, 2)
+N_CONV_PER_STAGE_DECODER = (1, 1, 1, 1)
 
 NETWORK_CLASS_NAME = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
@@ -75,6 +79,8 @@ def _factory_spec():
         patch_size=PATCH_SIZE,
         spacing=(SPACING_MM,) * 3,
         features_per_stage=FEATURES_PER_STAGE,
+        n_conv_per_stage=N_CONV_PER_STAGE,
+        n_conv_per_stage_decoder=N_CONV_PER_STAGE_DECODER,
     )
 
 

@@ -1,0 +1,125 @@
+"""Benchmark: CPU time of one demo-model training step, the committed recipe against nnU-Net's defaults.
+
+    .venv/bin/python bench/demo_training_step.py [--repeat 6] [--threads 2]
+
+One step = forward, deep-supervision Dice + cross-entropy loss, backward and an Adam update on a batch of two
+[48, 64, 64] patches with 19 classes, as ``app/synthetic/train_demo_model.py`` trains. Variants, timed
+side by side in one process (median of ``--repeat`` steps after one warm-up step):
+
+- ``nnunet_default``: two convolutions in every stage, NCDHW tensors, the loss from a one-hot target;
+- ``one_conv_decoder``: the demo's convolutions per stage (``demo_model.N_CONV_PER_STAGE*``), same layout and
+  loss;
+- ``+channels_last``: also NDHWC (``channels_last_3d``) network and input;
+- ``demo_recipe``: also the training script's loss (no one-hot tensor): what the script runs.
+
+The demo training budget (30 minutes on a 2-core CPU) makes the seconds per sample the figure that decides
+how many iterations the committed weights get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.synthetic import demo_model as dm  # noqa: E402
+from app.synthetic import train_demo_model as tdm  # noqa: E402
+from operators.model_factory import SyntheticModelSpec, random_network  # noqa: E402
+
+logger = logging.getLogger("demo_training_step")
+N_CLASSES = 19
+BATCH = 2
+
+
+def one_hot_dice_ce(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The textbook formulation the training script's loss replaced (same value and gradient)."""
+    ce = F.cross_entropy(logits, target)
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, n_classes).permute(0, 4, 1, 2, 3).to(probs.dtype)
+    intersect = (probs * onehot).sum((0, 2, 3, 4))[1:]
+    denom = probs.sum((0, 2, 3, 4))[1:] + onehot.sum((0, 2, 3, 4))[1:]
+    return ce + 1 - ((2 * intersect + 1e-5) / (denom + 1e-5)).mean()
+
+
+def network(n_conv: tuple[int, ...] | None, n_conv_decoder: tuple[int, ...] | None) -> torch.nn.Module:
+    net = random_network(
+        SyntheticModelSpec(
+            dataset=dm.DATASET_NAME,
+            label_names=tuple(f"class{i}" for i in range(1, N_CLASSES)),
+            patch_size=dm.PATCH_SIZE,
+            spacing=(dm.SPACING_MM,) * 3,
+            features_per_stage=dm.FEATURES_PER_STAGE,
+            n_conv_per_stage=n_conv,
+            n_conv_per_stage_decoder=n_conv_decoder,
+        )
+    )
+    net.decoder.deep_supervision = True
+    return net.train()
+
+
+def time_variant(name: str, repeat: int) -> float:
+    """Median seconds per sample of one training step."""
+    one_conv = name != "nnunet_default"
+    channels_last = name in ("+channels_last", "demo_recipe")
+    loss_fn = tdm.dice_ce_loss if name == "demo_recipe" else one_hot_dice_ce
+    torch.manual_seed(0)
+    net = network(
+        dm.N_CONV_PER_STAGE if one_conv else None, dm.N_CONV_PER_STAGE_DECODER if one_conv else None
+    )
+    x = torch.randn(BATCH, 1, *dm.PATCH_SIZE)
+    y = torch.randint(0, N_CLASSES, (BATCH, *dm.PATCH_SIZE))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        outputs = net(x)
+        weights = [0.5**i for i in range(len(outputs))]
+        total = 0.0
+        for weight, out in zip(weights, outputs, strict=True):
+            out = out.contiguous()
+            tgt = y
+            if out.shape[2:] != y.shape[1:]:
+                tgt = F.interpolate(y[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
+            total = total + weight * loss_fn(out, tgt, N_CLASSES)
+        (total / sum(weights)).backward()
+        optimizer.step()
+
+    step()  # warm-up: oneDNN primitive creation
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) / BATCH
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=6, help="timed steps per variant")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the training script's default)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    variants = ("nnunet_default", "one_conv_decoder", "+channels_last", "demo_recipe")
+    seconds = {name: time_variant(name, args.repeat) for name in variants}
+    base = seconds["nnunet_default"]
+    logger.info("%-18s %12s %10s", "variant", "s / sample", "ratio")
+    for name in variants:
+        logger.info("%-18s %12.3f %10.2f", name, seconds[name], seconds[name] / base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
