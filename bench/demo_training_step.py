@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from app.synthetic import demo_model as dm  # noqa: E402
 from app.synthetic import train_demo_model as tdm  # noqa: E402
-from operators.model_factory import SyntheticModelSpec, random_network  # noqa: E402
+from operators.model_factory import random_network  # noqa: E402
 
 logger = logging.getLogger("demo_training_step")
 N_CLASSES = 19
@@ -52,12 +52,8 @@ def one_hot_dice_ce(logits: torch.Tensor, target: torch.Tensor, n_classes: int) 
 
 def network(n_conv: tuple[int, ...] | None, n_conv_decoder: tuple[int, ...] | None) -> torch.nn.Module:
     net = random_network(
-        SyntheticModelSpec(
-            dataset=dm.DATASET_NAME,
+        dm.factory_spec(
             label_names=tuple(f"class{i}" for i in range(1, N_CLASSES)),
-            patch_size=dm.PATCH_SIZE,
-            spacing=(dm.SPACING_MM,) * 3,
-            features_per_stage=dm.FEATURES_PER_STAGE,
             n_conv_per_stage=n_conv,
             n_conv_per_stage_decoder=n_conv_decoder,
         )
@@ -84,16 +80,7 @@ def time_variant(name: str, repeat: int) -> float:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        outputs = net(x)
-        weights = [0.5**i for i in range(len(outputs))]
-        total = 0.0
-        for weight, out in zip(weights, outputs, strict=True):
-            out = out.contiguous()
-            tgt = y
-            if out.shape[2:] != y.shape[1:]:
-                tgt = F.interpolate(y[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
-            total = total + weight * loss_fn(out, tgt, N_CLASSES)
-        (total / sum(weights)).backward()
+        tdm.deep_supervision_loss(net(x), y, N_CLASSES, loss_fn).backward()
         optimizer.step()
 
     step()  # warm-up: oneDNN primitive creation

@@ -81,15 +81,7 @@ def prepare_demo(case: Path) -> dict:
         names = tuple(demo.classes[label] for label in demo.parts[0].labels.values())
         write_model_folder(
             models,
-            SyntheticModelSpec(
-                dataset=demo.parts[0].dataset,
-                label_names=names,
-                patch_size=dm.PATCH_SIZE,
-                spacing=(dm.SPACING_MM,) * 3,
-                features_per_stage=dm.FEATURES_PER_STAGE,
-                n_conv_per_stage=dm.N_CONV_PER_STAGE,
-                n_conv_per_stage_decoder=dm.N_CONV_PER_STAGE_DECODER,
-            ),
+            dm.factory_spec(dataset=demo.parts[0].dataset, label_names=names),
         )
     # TotalSegmentator --fast reads the 3 mm dataset folder; the same files under that name
     ts_weights = case / "ts_weights"

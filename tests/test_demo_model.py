@@ -152,7 +152,7 @@ def test_curved_contrast_keeps_air_black_and_equal_tissues_equal_but_reorders_ot
 def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
     """The training loss (computed without a one-hot tensor, for speed) has the value and the gradient of the
     textbook one-hot formulation: mean cross-entropy + 1 - mean over foreground classes of batch soft Dice."""
-    import torch.nn.functional as F
+    from bench.demo_training_step import one_hot_dice_ce
 
     n = 5
     gen = torch.Generator().manual_seed(0)
@@ -160,12 +160,7 @@ def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
     target = torch.randint(0, n - 1, (2, 6, 7, 8), generator=gen)  # class 4 absent: its Dice term still counts
 
     def reference(x):
-        probs = torch.softmax(x, dim=1)
-        onehot = F.one_hot(target, n).permute(0, 4, 1, 2, 3).float()
-        intersect = (probs * onehot).sum((0, 2, 3, 4))[1:]
-        denom = probs.sum((0, 2, 3, 4))[1:] + onehot.sum((0, 2, 3, 4))[1:]
-        dice = (2 * intersect + 1e-5) / (denom + 1e-5)
-        return F.cross_entropy(x, target) + 1 - dice.mean()
+        return one_hot_dice_ce(x, target, n)
 
     results = []
     for fn in (lambda x: tdm.dice_ce_loss(x, target, n), reference):

@@ -141,7 +141,7 @@ def test_demo_profile_matches_nnunet_on_a_phantom(tmp_path):
     """
     from app.synthetic import demo_model as dm
     from app.synthetic import phantom as ph
-    from operators.model_factory import SyntheticModelSpec, write_model_folder
+    from operators.model_factory import write_model_folder
     from operators.model_profile import load_profile
 
     profile = load_profile("demo")
@@ -151,16 +151,7 @@ def test_demo_profile_matches_nnunet_on_a_phantom(tmp_path):
         names = tuple(profile.classes[label] for label in profile.parts[0].labels.values())
         write_model_folder(
             root,
-            SyntheticModelSpec(
-                dataset=profile.parts[0].dataset,
-                label_names=names,
-                patch_size=dm.PATCH_SIZE,
-                spacing=(dm.SPACING_MM,) * 3,
-                features_per_stage=dm.FEATURES_PER_STAGE,
-                n_conv_per_stage=dm.N_CONV_PER_STAGE,
-                n_conv_per_stage_decoder=dm.N_CONV_PER_STAGE_DECODER,
-                weight_scale=1.5,
-            ),
+            dm.factory_spec(dataset=profile.parts[0].dataset, label_names=names, weight_scale=1.5),
         )
     rng = np.random.default_rng(0)
     affine = np.array([[3.5, 0, 0, -140.0], [0, 3.5, 0, -112.0], [0, 0, 8.0, -96.0], [0, 0, 0, 1]])

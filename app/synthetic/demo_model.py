@@ -67,10 +67,14 @@ def model_label_map(labels: dict[int, str]) -> list[ModelClass]:
     return [ModelClass(i + 1, int(lab), labels[lab]) for i, lab in enumerate(sorted(labels))]
 
 
-def _factory_spec():
+def factory_spec(**overrides: Any):
+    """The demo network's ``SyntheticModelSpec`` (folder names, patch, spacing, widths, convolutions per
+    stage); ``overrides`` replace fields, e.g. ``label_names`` and ``weight_scale`` for a random stand-in."""
+    from dataclasses import replace
+
     from operators.model_factory import SyntheticModelSpec
 
-    return SyntheticModelSpec(
+    spec = SyntheticModelSpec(
         dataset=DATASET_NAME,
         label_names=(),
         trainer=TRAINER_NAME,
@@ -83,13 +87,14 @@ def _factory_spec():
         n_conv_per_stage=N_CONV_PER_STAGE,
         n_conv_per_stage_decoder=N_CONV_PER_STAGE_DECODER,
     )
+    return replace(spec, **overrides)
 
 
 def arch_kwargs() -> dict[str, Any]:
     """Keyword arguments of ``PlainConvUNet`` as nnU-Net stores them (import strings for the op classes)."""
     from operators import model_factory
 
-    return model_factory.arch_kwargs(_factory_spec())
+    return model_factory.arch_kwargs(factory_spec())
 
 
 def build_dataset_json(classes: list[ModelClass], num_training: int) -> dict[str, Any]:
@@ -114,7 +119,7 @@ def build_plans(
     """nnU-Net v2 ``plans.json`` with a single ``3d_fullres`` configuration at 3 mm isotropic."""
     from operators import model_factory
 
-    return model_factory.plans_json(_factory_spec(), median_shape_zyx, intensity_properties)
+    return model_factory.plans_json(factory_spec(), median_shape_zyx, intensity_properties)
 
 
 def model_folder(models_root: str | Path) -> Path:

@@ -227,9 +227,10 @@ def init_output_layers(network, pool: list[TrainingVolume], n_classes: int) -> N
             layer.bias.copy_(prior)
 
 
-def deep_supervision_loss(outputs, target, n_classes: int):
-    """nnU-Net's deep supervision: the loss at every decoder resolution (targets downsampled by nearest
-    neighbour), weighted 1, 1/2, 1/4, ... and normalised; speeds up learning of the deeper layers."""
+def deep_supervision_loss(outputs, target, n_classes: int, loss=None):
+    """nnU-Net's deep supervision: ``loss`` (default :func:`dice_ce_loss`) at every decoder resolution
+    (targets downsampled by nearest neighbour), weighted 1, 1/2, 1/4, ... and normalised; speeds up learning
+    of the deeper layers."""
     import torch.nn.functional as F
 
     weights = [0.5**i for i in range(len(outputs))]
@@ -240,7 +241,7 @@ def deep_supervision_loss(outputs, target, n_classes: int):
             tgt = target
         else:
             tgt = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
-        total = total + weight * dice_ce_loss(out, tgt, n_classes)
+        total = total + weight * (loss or dice_ce_loss)(out, tgt, n_classes)
     return total / sum(weights)
 
 
