@@ -15,7 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from operators.canonical_orientation import to_closest_canonical  # noqa: E402
 from operators.resampling import image_to_spacing, labels_to_shape  # noqa: E402
-from operators.sliding_window import gaussian_importance_map, padding_for, predict_labels, tile_starts  # noqa: E402
+from operators.sliding_window import (  # noqa: E402
+    gaussian_importance_map,
+    padding_for,
+    predict_labels,
+    tile_starts,
+    weighted_argmax,
+)
 from tests.engine_helpers import OBLIQUE_AFFINE_LPS  # noqa: E402
 
 
@@ -64,6 +70,31 @@ def test_rolling_accumulator_equals_whole_volume_accumulation():
                     weights[sl] += g.half()
     expected = torch.div(logits, weights).argmax(0).numpy()
     assert np.array_equal(ours, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_weighted_argmax_equals_argmax_of_the_quotient_ties_included(dtype):
+    """The class-by-class argmax gives exactly ``argmax(summed / weights, 0)``, with the quotient rounded to
+    the accumulator's dtype; coarse values make many exact ties, which must go to the lower class index."""
+    rng = np.random.default_rng(3)
+    summed = torch.from_numpy(np.round(rng.normal(0, 4, (7, 9, 10, 11))) / 4).to(dtype)
+    weights = torch.from_numpy(rng.choice([0.5, 1.0, 3.0], (9, 10, 11))).to(dtype)
+    expected = torch.div(summed, weights).argmax(0).to(torch.uint8)
+    assert float((summed.max(0).values == summed.sort(0).values[-2]).float().mean()) > 0.05  # ties exist
+    assert torch.equal(weighted_argmax(summed, weights), expected)
+
+
+def test_weighted_argmax_rejects_an_overflowed_winner_but_not_an_overflowed_loser():
+    summed = torch.zeros((3, 2, 2, 2), dtype=torch.float16)
+    summed[1] = 1.0
+    weights = torch.ones((2, 2, 2), dtype=torch.float16)
+    summed[2, 0, 0, 0] = -float("inf")  # a losing class overflowed: the label is still right
+    assert torch.equal(weighted_argmax(summed, weights), torch.ones((2, 2, 2), dtype=torch.uint8))
+    for bad in (float("inf"), float("nan")):
+        broken = summed.clone()
+        broken[0, 1, 1, 1] = bad
+        with pytest.raises(FloatingPointError, match="accumulate_dtype=torch.float32"):
+            weighted_argmax(broken, weights)
 
 
 def test_canonical_view_matches_nibabel_and_round_trips():
