@@ -10,7 +10,9 @@ side by side in one process (median of ``--repeat`` steps after one warm-up step
 - ``one_conv_decoder``: the demo's convolutions per stage (``demo_model.N_CONV_PER_STAGE*``), same layout and
   loss;
 - ``+channels_last``: also NDHWC (``channels_last_3d``) network and input;
-- ``demo_recipe``: also the training script's loss (no one-hot tensor): what the script runs.
+- ``demo_recipe``: also the training script's loss (no one-hot tensor): what the script runs;
+- ``demo_recipe_early``: the same on the smaller patches of the script's first iterations
+  (``train_demo_model.EARLY_PATCH_SIZE``).
 
 The demo training budget (30 minutes on a 2-core CPU) makes the seconds per sample the figure that decides
 how many iterations the committed weights get.
@@ -65,14 +67,15 @@ def network(n_conv: tuple[int, ...] | None, n_conv_decoder: tuple[int, ...] | No
 def time_variant(name: str, repeat: int) -> float:
     """Median seconds per sample of one training step."""
     one_conv = name != "nnunet_default"
-    channels_last = name in ("+channels_last", "demo_recipe")
-    loss_fn = tdm.dice_ce_loss if name == "demo_recipe" else one_hot_dice_ce
+    channels_last = name in ("+channels_last", "demo_recipe", "demo_recipe_early")
+    loss_fn = tdm.dice_ce_loss if name.startswith("demo_recipe") else one_hot_dice_ce
+    patch = tdm.EARLY_PATCH_SIZE if name == "demo_recipe_early" else dm.PATCH_SIZE
     torch.manual_seed(0)
     net = network(
         dm.N_CONV_PER_STAGE if one_conv else None, dm.N_CONV_PER_STAGE_DECODER if one_conv else None
     )
-    x = torch.randn(BATCH, 1, *dm.PATCH_SIZE)
-    y = torch.randint(0, N_CLASSES, (BATCH, *dm.PATCH_SIZE))
+    x = torch.randn(BATCH, 1, *patch)
+    y = torch.randint(0, N_CLASSES, (BATCH, *patch))
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     variants = ("nnunet_default", "one_conv_decoder", "+channels_last", "demo_recipe")
+    if tdm.EARLY_PATCH_SIZE is not None:
+        variants += ("demo_recipe_early",)
     seconds = {name: time_variant(name, args.repeat) for name in variants}
     base = seconds["nnunet_default"]
     logger.info("%-18s %12s %10s", "variant", "s / sample", "ratio")

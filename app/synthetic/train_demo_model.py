@@ -62,9 +62,10 @@ DEFAULT_SEED = 20261124
 # decoder (N_CONV_PER_STAGE*), channels-last convolutions and the one-hot-free loss.
 BATCH_SIZE = 2
 # Progressive patch size: the first EARLY_FRACTION of the iterations train on smaller patches (None = off);
-# the network is fully convolutional. A step on 32x48x48 costs 0.31x one on 48x64x64 (0.17 s against 0.56 s
-# at batch 2), so 1200 early iterations cost about as much as 400 full ones. Held-out mean Dice 0.809 with
-# (3000 iterations, 1515 s) against 0.798 without (2200 iterations, 1423 s, intensity curves at 0.5).
+# the network is fully convolutional. A step on 32x48x48 costs about a third of one on 48x64x64 (0.23-0.41x
+# in three side-by-side runs, `bench/demo_training_step.py`), so 1200 early iterations cost about as much as
+# 400 full ones. Held-out mean Dice 0.809 with them (3000 iterations, 1515 s); 0.798 without (2200 iterations,
+# 1423 s), but that run also had intensity curves at 0.5, so the comparison is not clean.
 EARLY_PATCH_SIZE: tuple[int, int, int] | None = (32, 48, 48)
 EARLY_FRACTION = 0.4
 POOL_SIZE = 12  # rendered volumes kept for patch sampling
