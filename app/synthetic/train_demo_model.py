@@ -36,7 +36,12 @@ from app.synthetic import demo_model as dm
 
 log = logging.getLogger(__name__)
 
+# "random" twice: a third of the volumes after the curriculum have arbitrary tissue intensities. With one in
+# five, the network took the disc for "the band darker than the vertebra" (held-out t2 / dixon_opp discs
+# 0.00; 0.54-0.82 with the two intensities swapped): held-out mean Dice 0.809 with one, 0.822 with two
+# (discs 0.27 -> 0.39).
 TRAIN_CONTRASTS = (
+    "random",
     "random",
     "t1",
     "pd",
