@@ -24,6 +24,8 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,26 +66,44 @@ def network(n_conv: tuple[int, ...] | None, n_conv_decoder: tuple[int, ...] | No
     return net.train()
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One training-step recipe; each row of the module docstring adds one change to the row before."""
+
+    one_conv: bool
+    channels_last: bool
+    loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    patch: tuple[int, int, int] = dm.PATCH_SIZE
+
+
+VARIANTS = {
+    "nnunet_default": Variant(one_conv=False, channels_last=False, loss=one_hot_dice_ce),
+    "one_conv_decoder": Variant(one_conv=True, channels_last=False, loss=one_hot_dice_ce),
+    "+channels_last": Variant(one_conv=True, channels_last=True, loss=one_hot_dice_ce),
+    "demo_recipe": Variant(one_conv=True, channels_last=True, loss=tdm.dice_ce_loss),
+}
+if tdm.EARLY_PATCH_SIZE is not None:
+    VARIANTS["demo_recipe_early"] = replace(VARIANTS["demo_recipe"], patch=tdm.EARLY_PATCH_SIZE)
+
+
 def time_variant(name: str, repeat: int) -> float:
     """Median seconds per sample of one training step."""
-    one_conv = name != "nnunet_default"
-    channels_last = name in ("+channels_last", "demo_recipe", "demo_recipe_early")
-    loss_fn = tdm.dice_ce_loss if name.startswith("demo_recipe") else one_hot_dice_ce
-    patch = tdm.EARLY_PATCH_SIZE if name == "demo_recipe_early" else dm.PATCH_SIZE
+    variant = VARIANTS[name]
     torch.manual_seed(0)
     net = network(
-        dm.N_CONV_PER_STAGE if one_conv else None, dm.N_CONV_PER_STAGE_DECODER if one_conv else None
+        dm.N_CONV_PER_STAGE if variant.one_conv else None,
+        dm.N_CONV_PER_STAGE_DECODER if variant.one_conv else None,
     )
-    x = torch.randn(BATCH, 1, *patch)
-    y = torch.randint(0, N_CLASSES, (BATCH, *patch))
-    if channels_last:
+    x = torch.randn(BATCH, 1, *variant.patch)
+    y = torch.randint(0, N_CLASSES, (BATCH, *variant.patch))
+    if variant.channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        tdm.deep_supervision_loss(net(x), y, N_CLASSES, loss_fn).backward()
+        tdm.deep_supervision_loss(net(x), y, N_CLASSES, variant.loss).backward()
         optimizer.step()
 
     step()  # warm-up: oneDNN primitive creation
@@ -102,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    variants = ("nnunet_default", "one_conv_decoder", "+channels_last", "demo_recipe")
-    if tdm.EARLY_PATCH_SIZE is not None:
-        variants += ("demo_recipe_early",)
+    variants = tuple(VARIANTS)
     seconds = {name: time_variant(name, args.repeat) for name in variants}
     base = seconds["nnunet_default"]
     logger.info("%-18s %12s %10s", "variant", "s / sample", "ratio")
