@@ -280,14 +280,14 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
 # used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
 # laterality, resampling) or a worse checkpoint. It is NOT the accuracy target (mean 0.90, every
 # structure 0.80), which the committed weights do not reach; see models/demo/README.md.
-# Measured (this case): mean 0.841; liver 0.916, gallbladder 0.904, kidneys R/L 0.833/0.815, lungs L/R
-# 0.895/0.867, spinal cord 0.810, heart 0.912, vertebrae 0.690, discs 0.610, autochthon L/R 0.859/0.878,
-# iliopsoas L/R 0.883/0.888. Left/right pairs guard laterality. Floors are 0.1 below the measured values.
+# Measured (this case): mean 0.852; liver 0.927, gallbladder 0.895, kidneys R/L 0.837/0.807, lungs L/R
+# 0.911/0.889, spinal cord 0.759, heart 0.936, vertebrae 0.696, discs 0.713, autochthon L/R 0.847/0.889,
+# iliopsoas L/R 0.827/0.882. Left/right pairs guard laterality. Floors are 0.1 below the measured values.
 HELD_OUT_FLOOR = {
-    1: 0.72, 2: 0.73, 3: 0.71, 4: 0.8, 5: 0.81, 6: 0.7, 10: 0.79, 11: 0.76, 19: 0.59,
-    20: 0.51, 21: 0.71, 22: 0.81, 23: 0.72, 24: 0.8, 46: 0.75, 47: 0.77, 48: 0.78, 49: 0.78,
+    1: 0.78, 2: 0.73, 3: 0.7, 4: 0.79, 5: 0.82, 6: 0.76, 10: 0.81, 11: 0.78, 19: 0.59,
+    20: 0.61, 21: 0.65, 22: 0.83, 23: 0.75, 24: 0.82, 46: 0.74, 47: 0.78, 48: 0.72, 49: 0.78,
 }  # fmt: skip
-HELD_OUT_MEAN_FLOOR = 0.74
+HELD_OUT_MEAN_FLOOR = 0.75
 
 
 @pytest.mark.slow
