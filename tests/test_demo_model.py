@@ -302,29 +302,30 @@ def test_committed_weights_keep_their_measured_accuracy_on_a_held_out_phantom():
         assert scores[label] >= floor, f"{phantom.LABELS[label]}: Dice {scores[label]:.3f} < {floor}"
 
 
+def _empty_volume(shape, affine) -> Volume:
+    """A zero image on a grid, for checks that only need its geometry."""
+    return Volume(
+        array=np.zeros(shape, np.float32),
+        affine_lps=affine,
+        study_instance_uid="2.25.1",
+        series_instance_uid="2.25.2",
+        stack_id="1",
+        series_description="",
+    )
+
+
 def test_grid_upper_bound_is_exact_on_the_model_grid_and_below_one_off_it():
     from app.synthetic.evaluate_demo_model import acquisition_grid, grid_upper_bound
-    from operators.volume import Volume
-
-    def volume(shape, affine):
-        return Volume(
-            array=np.zeros(shape, np.float32),
-            affine_lps=affine,
-            study_instance_uid="2.25.1",
-            series_instance_uid="2.25.2",
-            stack_id="1",
-            series_description="",
-        )
 
     ph = phantom.TorsoPhantom(11)
     lo, hi = tdm._extent_bounds(ph.extent_lps)
     shape, affine = tdm.canonical_grid(lo, hi, 3.0, np.zeros(3))
     truth = ph.sample_grid(shape, affine)
-    assert set(grid_upper_bound(volume(shape, affine), truth, (3.0, 3.0, 3.0)).values()) == {1.0}
+    assert set(grid_upper_bound(_empty_volume(shape, affine), truth, (3.0, 3.0, 3.0)).values()) == {1.0}
 
     shape, affine = acquisition_grid(ph.extent_lps, ACQUISITIONS[1])  # coronal, 1.4 x 1.4 x 4.5 mm
     truth = ph.sample_grid(shape, affine)
-    bound = grid_upper_bound(volume(shape, affine), truth, (3.0, 3.0, 3.0))
+    bound = grid_upper_bound(_empty_volume(shape, affine), truth, (3.0, 3.0, 3.0))
     assert set(bound) == set(np.unique(truth).tolist()) - {0}
     assert all(0.8 < value < 1.0 for value in bound.values())
 
@@ -338,15 +339,7 @@ def test_breakdown_model_grid_is_the_engines_canonical_grid_and_held_out_cases_k
     # RAS+ axes at 3 mm: the engine neither reorients nor resamples it, so a perfect model scores 1.0.
     np.testing.assert_array_equal(affine[:3, :3], np.diag([-3.0, -3.0, 3.0]))
     truth = ph.sample_grid(shape, affine)
-    volume = Volume(
-        array=np.zeros(shape, np.float32),
-        affine_lps=affine,
-        study_instance_uid="2.25.1",
-        series_instance_uid="2.25.2",
-        stack_id="1",
-        series_description="",
-    )
-    assert set(ev.grid_upper_bound(volume, truth, (3.0, 3.0, 3.0)).values()) == {1.0}
+    assert set(ev.grid_upper_bound(_empty_volume(shape, affine), truth, (3.0, 3.0, 3.0)).values()) == {1.0}
     # Held-out contrasts keep the random streams of the published figures; the training contrast gets its own.
     streams = [ev._contrast_stream(phantom, name) for name in tdm.HELDOUT_CONTRASTS]
     assert streams == list(range(len(tdm.HELDOUT_CONTRASTS)))

@@ -70,9 +70,9 @@ DEFAULT_SEED = 20261124
 # decoder (N_CONV_PER_STAGE*), channels-last convolutions and the one-hot-free loss.
 BATCH_SIZE = 2
 # Progressive patch size: the first EARLY_FRACTION of the iterations train on smaller patches (None = off);
-# the network is fully convolutional. A step on 32x48x48 costs about a third of one on 48x64x64 (0.23-0.41x
-# in three side-by-side runs, `bench/demo_training_step.py`), so 1200 early iterations cost about as much as
-# 400 full ones. Held-out mean Dice 0.809 with them (3000 iterations, 1515 s); 0.798 without (2200 iterations,
+# the network is fully convolutional. A step on 32x48x48 costs 0.23-0.41x one on 48x64x64 in three
+# side-by-side runs of `bench/demo_training_step.py`, about half in the training runs (rendering included, see
+# below). Held-out mean Dice 0.809 with them (3000 iterations, 1515 s); 0.798 without (2200 iterations,
 # 1423 s), but that run also had intensity curves at 0.5, so the comparison is not clean. The network is
 # under-trained (the same recipe for 6000 iterations, 3791 s, over the budget: 0.884), so steps count: 4400
 # iterations, 80 % of them early, reach 0.847 in 1689 s where 3000 with 40 % early reached 0.828 in 1607 s
