@@ -7,9 +7,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Debian packages: dcm2niix and mricron-data (Colin27 T1) for geometry tests against an independent converter.
+# Debian packages: dcm2niix and mricron-data (Colin27 T1) for geometry tests against an independent converter;
+# g++ for torch.compile, which the demo model's training script uses (and its determinism test).
 APT_RUNTIME :=
-APT_TEST    := dcm2niix mricron-data dicom3tools orthanc orthanc-dicomweb
+APT_TEST    := dcm2niix mricron-data dicom3tools orthanc orthanc-dicomweb g++
 
 IMAGE ?= localhost/totalseg-mri:test
 APT_IMAGE := podman runc debootstrap

@@ -10,7 +10,9 @@ side by side in one process (median of ``--repeat`` steps after one warm-up step
 - ``one_conv_decoder``: the demo's convolutions per stage (``demo_model.N_CONV_PER_STAGE*``), same layout and
   loss;
 - ``+channels_last``: also NDHWC (``channels_last_3d``) network and input;
-- ``demo_recipe``: also the training script's loss (no one-hot tensor): what the script runs;
+- ``+one_hot_free_loss``: also the training script's loss (no one-hot tensor);
+- ``demo_recipe``: also ``torch.compile`` of the network (``train_demo_model.COMPILE_NETWORK``): what the
+  script runs (compilation happens in the untimed warm-up step);
 - ``demo_recipe_early``: the same on the smaller patches of the script's first iterations
   (``train_demo_model.EARLY_PATCH_SIZE``).
 
@@ -73,6 +75,7 @@ class Variant:
     one_conv: bool
     channels_last: bool
     loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    compiled: bool = False
     patch: tuple[int, int, int] = dm.PATCH_SIZE
 
 
@@ -80,7 +83,10 @@ VARIANTS = {
     "nnunet_default": Variant(one_conv=False, channels_last=False, loss=one_hot_dice_ce),
     "one_conv_decoder": Variant(one_conv=True, channels_last=False, loss=one_hot_dice_ce),
     "+channels_last": Variant(one_conv=True, channels_last=True, loss=one_hot_dice_ce),
-    "demo_recipe": Variant(one_conv=True, channels_last=True, loss=tdm.dice_ce_loss),
+    "+one_hot_free_loss": Variant(one_conv=True, channels_last=True, loss=tdm.dice_ce_loss),
+    "demo_recipe": Variant(
+        one_conv=True, channels_last=True, loss=tdm.dice_ce_loss, compiled=tdm.COMPILE_NETWORK
+    ),
 }
 if tdm.EARLY_PATCH_SIZE is not None:
     VARIANTS["demo_recipe_early"] = replace(VARIANTS["demo_recipe"], patch=tdm.EARLY_PATCH_SIZE)
@@ -100,13 +106,14 @@ def time_variant(name: str, repeat: int) -> float:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    forward = torch.compile(net, dynamic=False) if variant.compiled else net
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        tdm.deep_supervision_loss(net(x), y, N_CLASSES, variant.loss).backward()
+        tdm.deep_supervision_loss(forward(x), y, N_CLASSES, variant.loss).backward()
         optimizer.step()
 
-    step()  # warm-up: oneDNN primitive creation
+    step()  # warm-up: oneDNN primitive creation, compilation
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

@@ -1,12 +1,14 @@
 """Benchmark: CPU forward time of one total_mr-sized tile under different torch execution modes.
 
-    .venv/bin/python bench/forward_variants.py [--repeat 2] [--variants eager channels_last jit_freeze]
+    .venv/bin/python bench/forward_variants.py [--repeat 2] [--variants eager channels_last jit_freeze
+        inductor_freeze]
 
 The network is the full-size total_mr stand-in (nnU-Net 3d_fullres PlainConvUNet, 6 stages, 32..320
 features, 30 outputs) with seeded random weights, run on one 128^3 tile. Each variant is timed side by side
 in one process (after one warm-up pass) and compared with eager mode: time ratio and largest logit
-difference. The forward passes are most of the engine's CPU time and their number is fixed by parity with
-the official tool (tile step 0.8), so this is where a CPU speed-up would have to come from.
+difference, and the first call's time (tracing or compilation included), which a run pays once per part. The
+forward passes are most of the engine's CPU time and their number is fixed by parity with the official tool
+(tile step 0.8), so this is where a CPU speed-up would have to come from.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from operators.model_factory import (  # noqa: E402
 )
 
 logger = logging.getLogger("forward_variants")
-VARIANTS = ("eager", "channels_last", "jit_freeze")
+VARIANTS = ("eager", "channels_last", "jit_freeze", "inductor_freeze")
 
 
 def standin_network() -> torch.nn.Module:
@@ -55,6 +57,13 @@ def prepare(variant: str, network: torch.nn.Module, tile: torch.Tensor):
     if variant == "jit_freeze":
         with torch.no_grad():
             return torch.jit.freeze(torch.jit.trace(network, tile)), tile
+    if variant == "inductor_freeze":
+        # torch.compile with the weights frozen into the graph (prepacked oneDNN convolutions); inductor's
+        # on-disk cache skips graphs with frozen weights, so every process compiles again
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        return torch.compile(network.eval(), dynamic=False), tile
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -70,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in ["eager", *(v for v in args.variants if v != "eager")]:  # eager is the reference
         function, inputs = prepare(variant, standin_network(), tile)
         with torch.inference_mode():
-            out = function(inputs)  # warm-up (and tracing for the jit variant)
+            started = time.perf_counter()
+            out = function(inputs)  # warm-up (and tracing or compilation)
+            first_seconds = time.perf_counter() - started
             started = time.perf_counter()
             for _ in range(args.repeat):
                 out = function(inputs)
@@ -79,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         if reference is None:
             reference, eager_seconds = out, seconds
         logger.info(
-            "%-14s %7.2f s/tile  ratio %.2f  max |logit diff| %.1e  argmax agreement %.6f",
+            "%-16s %7.2f s/tile  ratio %.2f  first call %6.1f s  max |logit diff| %.1e  argmax agreement %.6f",
             variant,
             seconds,
             seconds / eager_seconds,
+            first_seconds,
             float((out - reference).abs().max()),
             float((out.argmax(1) == reference.argmax(1)).float().mean()),
         )

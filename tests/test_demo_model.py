@@ -198,6 +198,8 @@ def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
 
 
 def test_training_is_deterministic_and_writes_a_complete_folder(tmp_path):
+    # with the compiled network (COMPILE_NETWORK), as the committed weights were trained
+    assert tdm.COMPILE_NETWORK
     out_a, out_b = tmp_path / "a" / "demo", tmp_path / "b" / "demo"
     for out in (out_a, out_b):
         tdm.train(out, iterations=2, seed=3, threads=2, log_every=1, command="test")
@@ -229,6 +231,7 @@ def test_curriculum_renders_only_its_contrasts_first_and_never_a_held_out_one(tm
     monkeypatch.setattr(tdm, "CURVE_PROBABILITY", 1.0)
     monkeypatch.setattr(tdm, "POOL_SIZE", 2)
     monkeypatch.setattr(tdm, "RENDER_EVERY", 1)
+    monkeypatch.setattr(tdm, "COMPILE_NETWORK", False)  # the sampling is the subject; compiling costs ~40 s
     tdm.train(tmp_path / "demo", iterations=20, seed=3, threads=2, log_every=20, command="test")
     # iterations 0..3 are the first 20 %: the 2 pooled volumes plus the renders at iterations 1, 2 and 3
     early, late = drawn[:5], drawn[5:]
@@ -252,6 +255,7 @@ def test_early_iterations_train_on_the_smaller_patches(tmp_path, monkeypatch):
     monkeypatch.setattr(tdm, "EARLY_PATCH_SIZE", (16, 32, 32))
     monkeypatch.setattr(tdm, "EARLY_FRACTION", 0.5)
     monkeypatch.setattr(tdm, "POOL_SIZE", 2)
+    monkeypatch.setattr(tdm, "COMPILE_NETWORK", False)
     tdm.train(tmp_path / "demo", iterations=4, seed=3, threads=2, log_every=4, command="test")
     batch = tdm.BATCH_SIZE
     assert sizes == [(16, 32, 32)] * (2 * batch) + [tuple(dm.PATCH_SIZE)] * (2 * batch)
@@ -280,14 +284,14 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
 # used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
 # laterality, resampling) or a worse checkpoint. It is NOT the accuracy target (mean 0.90, every
 # structure 0.80), which the committed weights do not reach; see models/demo/README.md.
-# Measured (this case): mean 0.852; liver 0.927, gallbladder 0.895, kidneys R/L 0.837/0.807, lungs L/R
-# 0.911/0.889, spinal cord 0.759, heart 0.936, vertebrae 0.696, discs 0.713, autochthon L/R 0.847/0.889,
-# iliopsoas L/R 0.827/0.882. Left/right pairs guard laterality. Floors are 0.1 below the measured values.
+# Measured (this case): mean 0.868; liver 0.933, gallbladder 0.933, kidneys R/L 0.864/0.878, lungs L/R
+# 0.926/0.890, spinal cord 0.788, heart 0.931, vertebrae 0.719, discs 0.721, autochthon L/R 0.886/0.876,
+# iliopsoas L/R 0.872/0.894. Left/right pairs guard laterality. Floors are 0.1 below the measured values.
 HELD_OUT_FLOOR = {
-    1: 0.78, 2: 0.73, 3: 0.7, 4: 0.79, 5: 0.82, 6: 0.76, 10: 0.81, 11: 0.78, 19: 0.59,
-    20: 0.61, 21: 0.65, 22: 0.83, 23: 0.75, 24: 0.82, 46: 0.74, 47: 0.78, 48: 0.72, 49: 0.78,
+    1: 0.77, 2: 0.76, 3: 0.77, 4: 0.83, 5: 0.83, 6: 0.76, 10: 0.82, 11: 0.79, 19: 0.61,
+    20: 0.62, 21: 0.68, 22: 0.83, 23: 0.77, 24: 0.8, 46: 0.78, 47: 0.77, 48: 0.77, 49: 0.79,
 }  # fmt: skip
-HELD_OUT_MEAN_FLOOR = 0.75
+HELD_OUT_MEAN_FLOOR = 0.76
 
 
 @pytest.mark.slow
@@ -344,3 +348,4 @@ def test_breakdown_model_grid_is_the_engines_canonical_grid_and_held_out_cases_k
     streams = [ev._contrast_stream(phantom, name) for name in tdm.HELDOUT_CONTRASTS]
     assert streams == list(range(len(tdm.HELDOUT_CONTRASTS)))
     assert ev._contrast_stream(phantom, ev.BREAKDOWN_TRAINING_CONTRAST) not in streams
+

@@ -61,13 +61,13 @@ CURRICULUM_FRACTION = 0.2
 TRAIN_SEED_RANGE = (0, 500_000)
 EVAL_SEED_BASE = 900_000  # evaluation phantoms use seeds from here on; training never draws them
 
-DEFAULT_ITERATIONS = 4400
+DEFAULT_ITERATIONS = 5600
 DEFAULT_SEED = 20261124
 # Batch 2, not 1: at batch 1 PyTorch's CPU convolution takes its slow im2col path (slow_conv3d) for every
 # layer below full resolution (N*C*D*H <= 20480), at batch 2 oneDNN throughout: 0.44 s per sample instead of
 # 0.61. Held-out mean Dice 0.70 in 1537 s at Adam 2e-3 (batch 1, 2600 iterations: 0.69 in 1851 s).
-# 4400 iterations (3520 on the small early patches): about 1700 s on this 2-core CPU with the one-convolution
-# decoder (N_CONV_PER_STAGE*), channels-last convolutions and the one-hot-free loss.
+# 5600 iterations (4480 on the small early patches): about 1400 s on this 2-core CPU with the one-convolution
+# decoder (N_CONV_PER_STAGE*), channels-last convolutions, the one-hot-free loss and the compiled network.
 BATCH_SIZE = 2
 # Progressive patch size: the first EARLY_FRACTION of the iterations train on smaller patches (None = off);
 # the network is fully convolutional. A step on 32x48x48 costs 0.23-0.41x one on 48x64x64 in three
@@ -76,13 +76,15 @@ BATCH_SIZE = 2
 # 1423 s), but that run also had intensity curves at 0.5, so the comparison is not clean. The network is
 # under-trained (the same recipe for 6000 iterations, 3791 s, over the budget: 0.884), so steps count: 4400
 # iterations, 80 % of them early, reach 0.847 in 1689 s where 3000 with 40 % early reached 0.828 in 1607 s
-# (an early step measured 0.27-0.34 s with rendering, a full one 0.6-0.67 s, in these runs).
+# (an early step measured 0.27-0.34 s with rendering, a full one 0.6-0.67 s, in these runs; compiled, see
+# COMPILE_NETWORK, 0.20-0.23 s and 0.41-0.46 s).
 EARLY_PATCH_SIZE: tuple[int, int, int] | None = (32, 48, 48)
 EARLY_FRACTION = 0.8
 POOL_SIZE = 12  # rendered volumes kept for patch sampling
 # Iterations between two freshly rendered volumes (24 patches per volume). A render costs 0.62 s on one core,
 # a full step 0.56 s on two: every 4 iterations, rendering was a fifth of the wall time; with mostly early
-# steps (about half as long) 12 keeps it near a tenth.
+# steps (about half as long) 12 keeps it near a tenth. Rendering ahead on a background thread at the lowest
+# priority (torch's two threads leave part of the two cores idle) took 2-8 % off the wall time: not kept.
 RENDER_EVERY = 12
 # After the curriculum, a realistic training contrast has its tissue intensities passed through a random
 # curve with this probability, so that tissue orderings all training contrasts share are not taken for
@@ -95,14 +97,22 @@ MARGIN_PROBABILITY = 0.7  # per uncropped side of the field of view: air added b
 MARGIN_MM = 30.0  # ... at most this much (see field_of_view)
 FOREGROUND_FRACTION = 0.6  # patches centred on a voxel of a randomly chosen structure
 NOISE_RANGE = (0.005, 0.06)  # Rician noise sigma relative to the brightest tissue
-# Adam at 8e-3 with poly decay. Before the curriculum and the prior-initialised heads, SGD with nnU-Net's
+# Adam at 1.2e-2 with poly decay. Before the curriculum and the prior-initialised heads, SGD with nnU-Net's
 # momentum 0.99 and Adam at >= 3e-3 settled on "background everywhere"; with both, at batch 2, held-out mean
 # Dice rose with the rate: 0.70 at 2e-3, 0.74 at 3e-3 (1500 iterations), 0.772 at 3e-3 and 0.785 at 5e-3
 # (1900 iterations of the one-convolution decoder). Since then the rate has not been separated from the other
-# changes: 7e-3 with the intensity curves gave 0.757 against 0.803 at 5e-3, and 8e-3 came
-# with the third "random" above (0.828 against 0.822 at 5e-3 with two).
-LEARNING_RATE = 8e-3
+# changes: 7e-3 with the intensity curves gave 0.757 against 0.803 at 5e-3, 8e-3 came with the third "random"
+# above (0.828 against 0.822 at 5e-3 with two), and 1.2e-2 with the compiled network's 5600 iterations in the
+# time of 4400 (0.864 against 0.847 at 8e-3).
+LEARNING_RATE = 1.2e-2
 WARMUP_ITERATIONS = 30
+# torch.compile (inductor) the training network: it fuses instance norm, LeakyReLU and the channels-last
+# conversions that eager mode runs as separate passes. Side by side with eager (alternating steps in one
+# process) a step took 0.90-0.91x as long on both patch sizes; in the training runs an early step fell from
+# 0.27-0.34 s to 0.20-0.23 s and a full one from 0.60-0.67 s to 0.41-0.46 s (rendering included), after
+# about 40 s of compilation (two graphs, one per patch size). Needs a C++ compiler. Compiled and eager steps
+# round differently, so the committed weights need it on (``--no-compile`` off).
+COMPILE_NETWORK = True
 
 
 class TrainingError(dm.DemoModelError):
@@ -338,6 +348,12 @@ def _early_patch_sentence() -> str:
     )
 
 
+def _compile_sentence(compiled: bool) -> str:
+    if compiled:
+        return "the network compiled with `torch.compile` (inductor; needs a C++ compiler)"
+    return "the network run eagerly (`--no-compile`)"
+
+
 def _contrast_shares() -> str:
     counts = Counter(TRAIN_CONTRASTS)
     return ", ".join(f"{name} {n}/{len(TRAIN_CONTRASTS)}" for name, n in sorted(counts.items()))
@@ -373,7 +389,8 @@ Command (run from the repository root):
 
     {command}
 
-Seed {args.seed}, {args.iterations} iterations of batch {BATCH_SIZE}, {args.threads} torch threads;
+Seed {args.seed}, {args.iterations} iterations of batch {BATCH_SIZE}, {args.threads} torch threads,
+{_compile_sentence(args.compiled)};
 Adam at {LEARNING_RATE:g} with poly decay. Training contrasts, the share of volumes each:
 {_contrast_shares()} (the first {CURRICULUM_FRACTION:.0%} of the iterations: {", ".join(CURRICULUM_CONTRASTS)}
 only; afterwards a realistic contrast has its tissue intensities passed through a random piecewise-linear
@@ -396,8 +413,17 @@ Evaluate on held-out phantoms and contrasts (exits non-zero below mean Dice 0.90
 """
 
 
-def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, command: str) -> Path:
-    """Train and write the model folder under ``out`` atomically; returns the model subfolder."""
+def train(
+    out: Path,
+    iterations: int,
+    seed: int,
+    threads: int,
+    log_every: int,
+    command: str,
+    compile_network: bool | None = None,
+) -> Path:
+    """Train and write the model folder under ``out`` atomically; returns the model subfolder.
+    ``compile_network`` defaults to COMPILE_NETWORK."""
     import torch
 
     from app.synthetic import phantom as phantom_module
@@ -418,6 +444,10 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
         network.apply(network.initialize)
     # Channels-last: oneDNN convolves NDHWC without reordering every tensor (a step 0.77x as long).
     network = network.to(memory_format=torch.channels_last_3d)
+    if compile_network is None:
+        compile_network = COMPILE_NETWORK
+    # One static graph per patch size; the wrapper shares the parameters, so ``network`` is what is saved.
+    step_network = torch.compile(network, dynamic=False) if compile_network else network
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     n_params = sum(p.numel() for p in network.parameters())
     log.info("training %d classes, %d parameters, %d iterations", n_classes, n_params, iterations)
@@ -441,8 +471,7 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
     init_output_layers(network, pool, n_classes)
     network.train()
     for it in range(iterations):
-        # Replace the oldest pooled volume every RENDER_EVERY iterations: rendering costs about a full
-        # training step, so each volume serves several patches.
+        # Replace the oldest pooled volume every RENDER_EVERY iterations: each volume serves several patches.
         if it > 0 and it % RENDER_EVERY == 0:
             pool = [*pool[1:], render(it)]
         picks = rng.choice(len(pool), size=BATCH_SIZE, replace=False)
@@ -456,7 +485,7 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss = deep_supervision_loss(network(x), y, n_classes)
+        loss = deep_supervision_loss(step_network(x), y, n_classes)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
         optimizer.step()
@@ -485,10 +514,14 @@ def train(out: Path, iterations: int, seed: int, threads: int, log_every: int, c
     network.decoder.deep_supervision = False  # inference returns only the full-resolution output
     network = network.to(memory_format=torch.contiguous_format)
     network.eval()
-    return _write_model(out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads)
+    return _write_model(
+        out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads, compile_network
+    )
 
 
-def _write_model(out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads) -> Path:
+def _write_model(
+    out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads, compiled
+) -> Path:
     import torch
 
     out = Path(out)
@@ -524,7 +557,7 @@ def _write_model(out, network, plans, dataset_json, classes, iterations, stats, 
         ]
         sums = {name: sha256_of(tmp / name) for name in rel}
         (tmp / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in sums.items()))
-        args = argparse.Namespace(seed=seed, iterations=iterations, threads=threads)
+        args = argparse.Namespace(seed=seed, iterations=iterations, threads=threads, compiled=compiled)
         (tmp / "README.md").write_text(_readme(classes, command, args, stats, sums))
         os.chmod(tmp, 0o755)
         old = None
@@ -548,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="eager training steps (no C++ compiler needed; slower, and the weights differ)",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.iterations < 1 or args.threads < 1 or args.log_every < 1:
         parser.error("--iterations, --threads and --log-every must be positive")
@@ -560,7 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--threads {args.threads}",
         ]
     )
-    train(args.out, args.iterations, args.seed, args.threads, args.log_every, command)
+    if args.no_compile:
+        command += " --no-compile"
+    train(args.out, args.iterations, args.seed, args.threads, args.log_every, command, not args.no_compile)
     return 0
 
 
