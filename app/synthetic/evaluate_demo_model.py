@@ -100,7 +100,8 @@ def _contrast_stream(phantom_module, contrast_name: str) -> int:
 
 def render_case(phantom_module, seed: int, contrast_name: str, acq: Acquisition) -> tuple[Volume, np.ndarray]:
     """A held-out phantom image as a :class:`Volume` (12-bit values) and its true labels on the same grid."""
-    rng = np.random.default_rng([seed, _contrast_stream(phantom_module, contrast_name)])
+    stream = _contrast_stream(phantom_module, contrast_name)
+    rng = np.random.default_rng([seed, stream])
     phantom = phantom_module.TorsoPhantom(seed)
     shape, affine = acquisition_grid(phantom.extent_lps, acq)
     contrast = phantom_module.contrast(contrast_name, rng)
@@ -109,7 +110,7 @@ def render_case(phantom_module, seed: int, contrast_name: str, acq: Acquisition)
         array=to_stored_values(image),
         affine_lps=affine,
         study_instance_uid="2.25.1",
-        series_instance_uid=f"2.25.{seed}{_contrast_stream(phantom_module, contrast_name)}",
+        series_instance_uid=f"2.25.{seed}{stream}",
         stack_id="1",
         series_description=f"phantom {seed} {contrast_name} {acq.name}",
     )

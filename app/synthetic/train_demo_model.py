@@ -596,10 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--iterations {args.iterations}",
             f"--seed {args.seed}",
             f"--threads {args.threads}",
+            *(["--no-compile"] if args.no_compile else []),
         ]
     )
-    if args.no_compile:
-        command += " --no-compile"
     train(args.out, args.iterations, args.seed, args.threads, args.log_every, command, not args.no_compile)
     return 0
 
