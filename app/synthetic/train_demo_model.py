@@ -413,6 +413,18 @@ Evaluate on held-out phantoms and contrasts (exits non-zero below mean Dice 0.90
 """
 
 
+def require_cxx_compiler() -> None:
+    """Fail before training, not at the first compiled step with inductor's traceback, when the C++ compiler
+    torch.compile uses on Linux ($CXX, else g++) is missing."""
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise TrainingError(
+            f"torch.compile needs a C++ compiler and {compiler!r} is not on PATH: install g++ "
+            "(`make setup-test` does) or train with --no-compile (eager steps; the weights then differ from "
+            "the committed ones)"
+        )
+
+
 def train(
     out: Path,
     iterations: int,
@@ -428,6 +440,10 @@ def train(
 
     from app.synthetic import phantom as phantom_module
 
+    if compile_network is None:
+        compile_network = COMPILE_NETWORK
+    if compile_network:
+        require_cxx_compiler()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -444,8 +460,6 @@ def train(
         network.apply(network.initialize)
     # Channels-last: oneDNN convolves NDHWC without reordering every tensor (a step 0.77x as long).
     network = network.to(memory_format=torch.channels_last_3d)
-    if compile_network is None:
-        compile_network = COMPILE_NETWORK
     # One static graph per patch size; the wrapper shares the parameters, so ``network`` is what is saved.
     step_network = torch.compile(network, dynamic=False) if compile_network else network
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
@@ -599,7 +613,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             *(["--no-compile"] if args.no_compile else []),
         ]
     )
-    train(args.out, args.iterations, args.seed, args.threads, args.log_every, command, not args.no_compile)
+    try:
+        train(args.out, args.iterations, args.seed, args.threads, args.log_every, command, not args.no_compile)
+    except TrainingError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 
