@@ -37,6 +37,7 @@ class TotalSegMRIApp(Application):
         build = VolumeBuilderOperator(self, state=state, name="volume_builder")
         segment = SegmentationOperator(self, state=state, profile=self.run_options.task,
                                        fast=self.run_options.fast, device=self.run_options.device,
+                                       compile_cache=self.run_options.compile_cache,
                                        version=__version__, name="segmentation")
         write = ResultsWriterOperator(self, state=state, name="results_writer")
         export = NiftiExportOperator(self, state=state, name="nifti_export")

@@ -69,6 +69,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     options.fast = options.fast or args.fast
     options.device = args.device or options.device
     options.task = args.task or options.task
+    options.compile_cache = args.compile_cache or options.compile_cache
     return options
 
 
@@ -122,6 +123,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true", help="use the task's fast (lower resolution) model")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default auto)")
     parser.add_argument("--task", help="model profile to run (default: the one the models folder holds)")
+    parser.add_argument("--compile-cache", metavar="auto|off|DIR",
+                        help="CPU runs: folder of networks compiled for this CPU (default auto: "
+                             "~/.cache/totalseg-mri/compiled when g++ is present; off: run them eagerly)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 Environment variables let a MAP or an XNAT command set them without a custom entry point:
 ``TOTALSEG_MRI_RULES`` (path to a selection rules JSON), ``TOTALSEG_MRI_BEST_PER_STUDY`` (1/0),
 ``TOTALSEG_MRI_FAST`` (1/0), ``TOTALSEG_MRI_DEVICE`` (auto|cpu|cuda), ``TOTALSEG_MRI_TASK`` (a model
-profile name, e.g. ``total_mr`` or ``demo``).
+profile name, e.g. ``total_mr`` or ``demo``), ``TOTALSEG_MRI_COMPILE_CACHE`` (auto|off|a folder: where CPU runs
+keep networks compiled for this CPU; see ``operators/compiled_network.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class RunOptions:
     fast: bool = False
     device: str = "auto"
     task: str | None = None  # None: the profile found in the models folder
+    compile_cache: str = "auto"  # CPU only: auto (default folder if g++ is present), off, or a folder
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RunOptions:
@@ -37,6 +39,7 @@ class RunOptions:
             fast=env.get("TOTALSEG_MRI_FAST", "").lower() in TRUE_WORDS,
             device=env.get("TOTALSEG_MRI_DEVICE", "auto") or "auto",
             task=env.get("TOTALSEG_MRI_TASK") or None,
+            compile_cache=env.get("TOTALSEG_MRI_COMPILE_CACHE") or "auto",
         )
 
 

@@ -12,8 +12,9 @@ Steps, each reproducing what TotalSegmentator 2.18 + nnU-Net 2.8 do for ``--task
 5. resample the labels to the canonical source shape (nearest neighbour) and undo the reorientation.
 
 Runs on CUDA when available (with autocast float16, as ``nnUNetPredictor`` does there) and on all CPU cores
-otherwise. GPU out-of-memory falls back to CPU-side accumulation and then to CPU inference rather than
-losing the case.
+otherwise; on CPU, with a compile cache folder, through networks compiled ahead of time for this CPU
+(:mod:`operators.compiled_network`). GPU out-of-memory falls back to CPU-side accumulation and then to CPU
+inference rather than losing the case.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from operators.canonical_orientation import to_closest_canonical
+from operators.compiled_network import CompiledNetworkCache, CompileKey, CompileUnavailableError
 from operators.errors import InputError, TotalSegMRIError
 from operators.model_profile import ModelProfile, ProfileError, load_profile
 from operators.model_store import ModelFolderError, ResolvedPart, dataset_label_count, resolve_parts
@@ -61,6 +63,7 @@ class _LoadedPart:
     config: NetworkConfig
     num_channels: int
     lut: np.ndarray  # part output channel -> final label
+    compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # CPU tiles through the compiled network
 
 
 @dataclass
@@ -175,8 +178,9 @@ class SegmentationEngine:
 
     ``profile`` is a :class:`ModelProfile` or a profile name/path; ``models_root`` the MONAI Deploy model
     folder (``-m``; ``HOLOSCAN_MODEL_PATH`` when None); ``device`` None (auto), ``"cpu"`` or ``"cuda"``;
-    ``fast`` selects the profile's fast variant. Networks are loaded once, here, so model problems surface
-    before any image is read.
+    ``fast`` selects the profile's fast variant. ``compile_cache``: on CPU, a folder of networks compiled
+    ahead of time (compiled there on first use; None runs them eagerly, bit-identical to ``nnUNetPredictor``).
+    Networks are loaded once, here, so model problems surface before any image is read.
     """
 
     def __init__(
@@ -188,6 +192,7 @@ class SegmentationEngine:
         tile_batch_size: int | None = None,
         use_amp: bool | None = None,
         num_threads: int | None = None,
+        compile_cache: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(profile, ModelProfile):
             self.profile = load_profile(profile.source, fast=True) if fast and profile.source else profile
@@ -203,6 +208,12 @@ class SegmentationEngine:
             torch.set_num_threads(num_threads or available_cpu_count())
         else:
             torch.set_num_threads(num_threads or 1)  # CPU threads only feed the GPU here
+        self.compile_cache = (
+            CompiledNetworkCache(compile_cache)
+            if compile_cache is not None and self.device.type == "cpu"
+            else None
+        )
+        self.load_notes: list[str] = []
         self.parts = [self._load(p) for p in resolve_parts(self.profile, models_root)]
         self.last_run = EngineRun()
         # The tile loop runs on a worker thread, as nnUNetPredictor pairs its loop with a producer thread:
@@ -233,7 +244,34 @@ class SegmentationEngine:
         # Computed once per patch size and cached: 0.03 s for the demo patch, 0.45 s for 128^3, which the
         # first volume would otherwise pay inside its sliding window.
         gaussian_importance_map(tuple(int(p) for p in config.patch_size))
-        return _LoadedPart(resolved, network, config, n_channels, lut)
+        compiled = self._compiled(resolved, network, config, n_channels) if self.compile_cache else None
+        return _LoadedPart(resolved, network, config, n_channels, lut, compiled)
+
+    def _compiled(
+        self, resolved: ResolvedPart, network: torch.nn.Module, config: NetworkConfig, n_channels: int
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The part's compiled CPU forward, or None (eager) when this machine cannot compile it."""
+        key = CompileKey.for_network(
+            resolved.checkpoint_sha256(),
+            {"class": config.network_class_name, "kwargs": config.arch_kwargs, "outputs": n_channels},
+            (self.tile_batch_size, 1, *config.patch_size),  # one MR channel (build_network's input)
+        )
+        label = resolved.folder.parent.name
+        try:
+            compiled, _ = self.compile_cache.load_or_compile(network, key, label)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a failed compilation must not lose the case: eager is exact
+            if not isinstance(exc, CompileUnavailableError | OSError):
+                logger.exception("%s: compiling the network failed", label)
+            note = f"{label}: network runs eagerly: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            logger.warning(note)
+            self.load_notes.append(note)
+            return None
+        return compiled
+
+    @property
+    def execution(self) -> str:
+        """How the networks run: ``compiled`` when every part runs compiled on CPU, else ``eager``."""
+        return "compiled" if self.parts and all(p.compiled is not None for p in self.parts) else "eager"
 
     def checkpoint_sha256(self) -> tuple[str, ...]:
         """SHA-256 of every checkpoint, in the order the parts run (for provenance)."""
@@ -241,7 +279,7 @@ class SegmentationEngine:
 
     def segment(self, volume: Volume) -> np.ndarray:
         """Labels (uint8, ``volume.shape``, 0 = background, values from ``self.classes``) for one volume."""
-        run = EngineRun()
+        run = EngineRun(notes=list(self.load_notes))
         self.last_run = run
         started = time.perf_counter()
         check_volume(volume)
@@ -322,10 +360,15 @@ class SegmentationEngine:
         ) -> Callable[[], np.ndarray]:
             def attempt() -> np.ndarray:
                 part.network.to(device)
+                # float16 sums as nnUNetPredictor's even for compiled logits: float32 sums were faster on CPU
+                # (demo: 0.14-0.17 s instead of 0.21-0.31 s outside the forward passes) but took a random
+                # network's small class to Dice 0.90 against nnUNetPredictor (test_engine_compiled.py)
+                compiled = device.type == "cpu" and part.compiled is not None
+                network = part.compiled if compiled else part.network
                 try:
                     return self._worker.submit(
                         predict_labels,
-                        part.network,
+                        network,
                         image,
                         patch,
                         part.num_channels,
@@ -384,6 +427,8 @@ def segment_volumes(
     device = str(engine.device)
     if engine.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(engine.device)})"
+    elif engine.execution == "compiled":
+        device += " (networks compiled ahead of time, AOTInductor)"
     algorithm = AlgorithmInfo(
         name=algorithm_name,
         version=version,

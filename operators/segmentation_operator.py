@@ -3,7 +3,8 @@
 A thin wrapper over :class:`operators.segmentation_engine.SegmentationEngine`: it receives ``list[Volume]``
 on ``volumes`` and emits ``list[SegmentationResult]`` on ``results``. The engine (and with it the model
 folders) is loaded on the first ``compute`` from the run's models folder (``-m`` / ``HOLOSCAN_MODEL_PATH``),
-so a missing model stops the run with a readable error instead of a traceback.
+so a missing model stops the run with a readable error instead of a traceback. ``compile_cache`` (auto, off or
+a folder) says where CPU runs keep networks compiled for this CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.compiled_network import cache_folder_for
 from operators.run_state import RunState, stop_on_user_error
 from operators.segmentation_engine import SegmentationEngine, segment_volumes
 
@@ -27,6 +29,7 @@ class SegmentationOperator(Operator):
         profile: str = "total_mr",
         fast: bool = False,
         device: str | None = None,
+        compile_cache: str = "off",
         algorithm_name: str = "TotalSegmentator MRI",
         version: str = "0.1.0",
         **kwargs,
@@ -35,6 +38,7 @@ class SegmentationOperator(Operator):
         self.profile = profile
         self.fast = fast
         self.device = device
+        self.compile_cache = compile_cache
         self.algorithm_name = algorithm_name
         self.version = version
         self.engine: SegmentationEngine | None = None
@@ -50,7 +54,11 @@ class SegmentationOperator(Operator):
         started = time.perf_counter()
         if self.engine is None:
             self.engine = SegmentationEngine(
-                self.profile, self.state.model_path, device=self.device, fast=self.fast
+                self.profile,
+                self.state.model_path,
+                device=self.device,
+                fast=self.fast,
+                compile_cache=cache_folder_for(self.compile_cache),
             )
             self.state.timings["model_load"] = time.perf_counter() - started
         results = segment_volumes(self.engine, list(volumes), self.algorithm_name, self.version)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
+# The suite runs networks eagerly (bit-identical to nnUNetPredictor) and keeps nothing in ~/.cache; the
+# compiled CPU path is tested with explicit cache folders (test_engine_compiled.py, test_app.py).
+os.environ["TOTALSEG_MRI_COMPILE_CACHE"] = "off"
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 NIBABEL_DICOM = Path(nib.__file__).parent / "nicom" / "tests" / "data"

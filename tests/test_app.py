@@ -53,9 +53,15 @@ def _selection(out: Path) -> dict:
     return json.loads((out / "selection.json").read_text())
 
 
-def test_cli_run_selects_every_eligible_series_and_writes_volumes(study, tmp_path):
-    out = tmp_path / "out"
-    result = run([*CLI, "run", "-i", str(study), "-o", str(out)])
+@pytest.fixture(scope="module")
+def eager_run(study, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The CLI on the study with the suite's default (networks run eagerly, conftest)."""
+    out = tmp_path_factory.mktemp("eager") / "out"
+    return out, run([*CLI, "run", "-i", str(study), "-o", str(out)])
+
+
+def test_cli_run_selects_every_eligible_series_and_writes_volumes(eager_run):
+    out, result = eager_run
     assert result.returncode == 0, result.stderr[-3000:]
     report = _selection(out)
     assert report["status"] == "ok" and report["selected_volumes"] == 2
@@ -78,6 +84,29 @@ def test_cli_run_selects_every_eligible_series_and_writes_volumes(study, tmp_pat
     assert (out / "statistics.json").is_file() and list((out / "report").glob("*.pdf"))
     assert not list(out.glob(".staging-*"))  # staged output moved into place, nothing left behind
     assert "Traceback" not in result.stderr
+
+
+def test_cli_compile_cache_runs_compiled_networks_with_the_same_labels(study, eager_run, tmp_path):
+    """--compile-cache DIR: the demo network is compiled for this CPU into DIR, the run says so in run.json,
+    and its labels agree with the eager run's (compiled logits differ by rounding only)."""
+    from tests.conftest import require_tool
+
+    require_tool("g++", "g++")
+    eager_out, eager_result = eager_run
+    assert eager_result.returncode == 0, eager_result.stderr[-3000:]
+    out, cache = tmp_path / "out", tmp_path / "compiled"
+    result = run([*CLI, "run", "-i", str(study), "-o", str(out), "--compile-cache", str(cache)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(cache.glob("*.pt2"))) == 1  # the demo profile has one part
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["device"] == "cpu (networks compiled ahead of time, AOTInductor)"
+    segs = sorted((out / "nifti").glob("*_seg.nii.gz"))
+    assert len(segs) == 2
+    for seg in segs:
+        ours = np.asarray(nib.load(seg).dataobj)
+        eager = np.asarray(nib.load(eager_out / "nifti" / seg.name).dataobj)
+        assert ours.shape == eager.shape and ours.any()
+        assert np.mean(ours == eager) > 0.999
 
 
 def test_sdk_entry_point_with_holoscan_variables(study, tmp_path):
