@@ -2,16 +2,16 @@
 
 On CPU, inductor with the weights frozen into the graph runs the convolutions through prepacked oneDNN kernels
 and fuses instance norm and LeakyReLU: on a 2-core AVX2 CPU a 128^3 tile of the full-size ``total_mr`` network
-took 0.6-0.7x its eager time and a demo-model tile about 0.3x (``bench/forward_variants.py``). The logits
+took 0.64-0.72x its eager time and a demo-model tile about 0.3x (``bench/forward_variants.py``). The logits
 differ from eager ones by rounding only (largest difference about 1e-4; argmax agreement 0.999995 on a
 random-weight tile), so the labels stay within the parity bar (per-class Dice >= 0.999) but are no longer
 voxel-for-voxel those of ``nnUNetPredictor``.
 
-Compiling takes 20-50 s per network and needs a C++ compiler; loading a compiled package takes 0.01-2 s and
-needs none. So a package is compiled once per (weights, architecture, tile shape, torch build, CPU instruction
-set, thread count) and kept in a cache folder; every later run on that machine loads it. A package is written
-under a temporary name and renamed into place, so a crash or a concurrent run never leaves half a file
-under a name that is read.
+Compiling takes 20-50 s per network and needs a C++ compiler. Loading a compiled package needs none and took
+0.01 s for the demo network. So a package is compiled once per (weights, architecture, tile shape, torch
+build, CPU instruction set, thread count) and kept in a cache folder; every later run on that machine loads
+it. A package is written under a temporary name and renamed into place, so a crash or a concurrent run never
+leaves half a file under a name that is read.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def cxx_compiler() -> str | None:
 
 
 class CompiledForward:
-    """Callable like the network: tiles of the compiled shape run through the compiled package, any other
-    shape (a smaller last batch) through the eager network, so every batch still gets an answer."""
+    """Callable like the network: float32 CPU tiles of the compiled shape run through the compiled package, any
+    other batch (a smaller last one) through the eager network, so every batch still gets an answer."""
 
     def __init__(self, runner, network: torch.nn.Module, input_shape: tuple[int, ...], path: Path):
         self.runner = runner
@@ -105,8 +105,13 @@ class CompiledForward:
         self.path = path
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if tuple(batch.shape) == self.input_shape and batch.device.type == "cpu":
-            return self.runner.run([batch])[0]
+        if (
+            tuple(batch.shape) == self.input_shape
+            and batch.device.type == "cpu"
+            and batch.dtype == torch.float32
+        ):
+            # the compiled code indexes memory with the example's (contiguous) strides
+            return self.runner.run([batch.contiguous()])[0]
         return self.network(batch)
 
 

@@ -75,7 +75,8 @@ def test_the_cache_key_separates_what_the_compiled_code_depends_on():
         CompileKey.for_network("a" * 64, {"features": [4, 16]}, (1, 1, 24, 32, 40)),  # other architecture
         CompileKey.for_network("a" * 64, {"features": [4, 8]}, (2, 1, 24, 32, 40)),  # other tile batch
     ]
-    for field, value in (("threads", base.threads + 1), ("cpu_isa", "AVX512" if base.cpu_isa != "AVX512" else "AVX2"), ("torch_version", "0.0")):
+    other_isa = "AVX2" if base.cpu_isa == "AVX512" else "AVX512"
+    for field, value in (("threads", base.threads + 1), ("cpu_isa", other_isa), ("torch_version", "0.0")):
         variants.append(CompileKey(**{**base.__dict__, field: value}))
     digests = {base.digest(), *(v.digest() for v in variants)}
     assert len(digests) == 1 + len(variants)
