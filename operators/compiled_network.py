@@ -30,7 +30,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-COMPILE_CACHE_ENV = "TOTALSEG_MRI_COMPILE_CACHE"
 OFF_WORDS = {"0", "off", "no", "false", "none"}
 
 
