@@ -97,11 +97,10 @@ class CompiledForward:
     """Callable like the network: float32 CPU tiles of the compiled shape run through the compiled package, any
     other batch (a smaller last one) through the eager network, so every batch still gets an answer."""
 
-    def __init__(self, runner, network: torch.nn.Module, input_shape: tuple[int, ...], path: Path):
+    def __init__(self, runner, network: torch.nn.Module, input_shape: tuple[int, ...]):
         self.runner = runner
         self.network = network
         self.input_shape = tuple(input_shape)
-        self.path = path
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if (
@@ -148,7 +147,7 @@ class CompiledNetworkCache:
                     path,
                     time.perf_counter() - started,
                 )
-                return CompiledForward(runner, network, key.input_shape, path), False
+                return CompiledForward(runner, network, key.input_shape), False
             except Exception as exc:  # a truncated or foreign file: compile it again
                 logger.warning(
                     "%s: cached compiled network %s is unusable (%s); compiling again", label, path, exc
@@ -183,4 +182,4 @@ class CompiledNetworkCache:
                 os.unlink(temporary)
         runner = load_package(path)
         logger.info("%s: compiled in %.1f s -> %s", label, time.perf_counter() - started, path)
-        return CompiledForward(runner, network, key.input_shape, path), True
+        return CompiledForward(runner, network, key.input_shape), True

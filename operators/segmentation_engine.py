@@ -360,11 +360,11 @@ class SegmentationEngine:
         ) -> Callable[[], np.ndarray]:
             def attempt() -> np.ndarray:
                 part.network.to(device)
-                # float16 sums as nnUNetPredictor's even for compiled logits: float32 sums were faster on CPU
-                # (demo: 0.14-0.17 s instead of 0.21-0.31 s outside the forward passes) but took a random
-                # network's small class to Dice 0.90 against nnUNetPredictor (test_engine_compiled.py)
-                compiled = device.type == "cpu" and part.compiled is not None
-                network = part.compiled if compiled else part.network
+                # A part has a compiled forward only on a CPU engine. Its logits still go into predict_labels'
+                # float16 sums, as nnUNetPredictor's: float32 sums were faster on CPU (demo: 0.14-0.17 s instead
+                # of 0.21-0.31 s outside the forward passes) but took a random network's small class to Dice
+                # 0.90 against nnUNetPredictor (test_engine_compiled.py)
+                network = part.compiled or part.network
                 try:
                     return self._worker.submit(
                         predict_labels,

@@ -51,3 +51,12 @@ def run_dcm2niix(dicom_folder: Path, out_folder: Path) -> list[Path]:
     subprocess.run([exe, "-z", "n", "-b", "n", "-f", "%s_%j", "-o", str(out_folder), str(dicom_folder)],
                    check=True, capture_output=True)
     return sorted(out_folder.glob("*.nii"))
+
+
+@pytest.fixture(scope="module")
+def two_parts(tmp_path_factory):
+    """(models root, profile) of two random-weight nnU-Net parts (tests/engine_helpers.two_part_models)."""
+    from tests.engine_helpers import two_part_models
+
+    root = tmp_path_factory.mktemp("models")
+    return root, two_part_models(root)

@@ -24,14 +24,8 @@ from operators.compiled_network import (  # noqa: E402
 )
 from operators.segmentation_engine import SegmentationEngine, segment_volumes  # noqa: E402
 from tests.conftest import require_tool  # noqa: E402
-from tests.engine_helpers import FINAL, make_volume, smooth_image, two_part_models  # noqa: E402
+from tests.engine_helpers import FINAL, make_volume, smooth_image  # noqa: E402
 from tests.test_engine_parity_nnunet import assert_parity  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def two_parts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return root, two_part_models(root)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,9 @@ def test_compiled_engine_matches_nnunet_and_the_next_engine_loads_the_cache(two_
 
 def test_the_cache_key_separates_what_the_compiled_code_depends_on():
     base = CompileKey.for_network("a" * 64, {"features": [4, 8]}, (1, 1, 24, 32, 40))
-    assert base.digest() == CompileKey.for_network("a" * 64, {"features": [4, 8]}, (1, 1, 24, 32, 40)).digest()
+    assert (
+        base.digest() == CompileKey.for_network("a" * 64, {"features": [4, 8]}, (1, 1, 24, 32, 40)).digest()
+    )
     assert base.threads == torch.get_num_threads() and base.torch_version == torch.__version__
     variants = [
         CompileKey.for_network("b" * 64, {"features": [4, 8]}, (1, 1, 24, 32, 40)),  # other weights

@@ -33,12 +33,6 @@ def assert_parity(ours: np.ndarray, reference: np.ndarray, classes, min_classes:
     return scores
 
 
-@pytest.fixture(scope="module")
-def two_parts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return root, two_part_models(root)
-
-
 def test_oblique_anisotropic_two_part_volume_matches_nnunet(two_parts):
     root, profile = two_parts
     volume = make_volume(smooth_image((50, 40, 18), seed=0))
