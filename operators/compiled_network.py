@@ -88,9 +88,14 @@ def cache_folder_for(setting: str | None) -> Path | None:
     return Path(value)
 
 
+def cxx_compiler_name() -> str:
+    """The C++ compiler inductor (torch.compile and AOTInductor) calls on Linux: $CXX, else g++."""
+    return os.environ.get("CXX", "g++")
+
+
 def cxx_compiler() -> str | None:
-    """The C++ compiler inductor calls on Linux ($CXX, else g++), when it is on PATH."""
-    return shutil.which(os.environ.get("CXX", "g++"))
+    """The path of :func:`cxx_compiler_name` when it is on PATH."""
+    return shutil.which(cxx_compiler_name())
 
 
 class CompiledForward:
@@ -154,7 +159,7 @@ class CompiledNetworkCache:
                 )
         if cxx_compiler() is None:
             raise CompileUnavailableError(
-                f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH to compile the network for this CPU"
+                f"no C++ compiler ({cxx_compiler_name()}) on PATH to compile the network for this CPU"
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         import torch._inductor  # compiling only: loading a package does not need inductor

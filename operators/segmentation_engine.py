@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
@@ -64,6 +65,11 @@ class _LoadedPart:
     num_channels: int
     lut: np.ndarray  # part output channel -> final label
     compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # CPU tiles through the compiled network
+
+    @cached_property
+    def checkpoint_sha256(self) -> str:
+        """SHA-256 of the checkpoint file, read once per engine: the compile key and the provenance share it."""
+        return self.resolved.checkpoint_sha256()
 
 
 @dataclass
@@ -244,21 +250,22 @@ class SegmentationEngine:
         # Computed once per patch size and cached: 0.03 s for the demo patch, 0.45 s for 128^3, which the
         # first volume would otherwise pay inside its sliding window.
         gaussian_importance_map(tuple(int(p) for p in config.patch_size))
-        compiled = self._compiled(resolved, network, config, n_channels) if self.compile_cache else None
-        return _LoadedPart(resolved, network, config, n_channels, lut, compiled)
+        part = _LoadedPart(resolved, network, config, n_channels, lut)
+        if self.compile_cache:
+            part.compiled = self._compiled(part)
+        return part
 
-    def _compiled(
-        self, resolved: ResolvedPart, network: torch.nn.Module, config: NetworkConfig, n_channels: int
-    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def _compiled(self, part: _LoadedPart) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The part's compiled CPU forward, or None (eager) when this machine cannot compile it."""
+        config = part.config
         key = CompileKey.for_network(
-            resolved.checkpoint_sha256(),
-            {"class": config.network_class_name, "kwargs": config.arch_kwargs, "outputs": n_channels},
+            part.checkpoint_sha256,
+            {"class": config.network_class_name, "kwargs": config.arch_kwargs, "outputs": part.num_channels},
             (self.tile_batch_size, 1, *config.patch_size),  # one MR channel (build_network's input)
         )
-        label = resolved.folder.parent.name
+        label = part.resolved.folder.parent.name
         try:
-            compiled, _ = self.compile_cache.load_or_compile(network, key, label)  # type: ignore[union-attr]
+            compiled, _ = self.compile_cache.load_or_compile(part.network, key, label)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - a failed compilation must not lose the case: eager is exact
             if not isinstance(exc, CompileUnavailableError | OSError):
                 logger.exception("%s: compiling the network failed", label)
@@ -275,7 +282,7 @@ class SegmentationEngine:
 
     def checkpoint_sha256(self) -> tuple[str, ...]:
         """SHA-256 of every checkpoint, in the order the parts run (for provenance)."""
-        return tuple(p.resolved.checkpoint_sha256() for p in self.parts)
+        return tuple(p.checkpoint_sha256 for p in self.parts)
 
     def segment(self, volume: Volume) -> np.ndarray:
         """Labels (uint8, ``volume.shape``, 0 = background, values from ``self.classes``) for one volume."""

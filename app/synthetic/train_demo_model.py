@@ -416,8 +416,10 @@ Evaluate on held-out phantoms and contrasts (exits non-zero below mean Dice 0.90
 def require_cxx_compiler() -> None:
     """Fail before training, not at the first compiled step with inductor's traceback, when the C++ compiler
     torch.compile uses on Linux ($CXX, else g++) is missing."""
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
+    from operators.compiled_network import cxx_compiler, cxx_compiler_name
+
+    compiler = cxx_compiler_name()
+    if cxx_compiler() is None:
         raise TrainingError(
             f"torch.compile needs a C++ compiler and {compiler!r} is not on PATH: install g++ "
             "(`make setup-test` does) or train with --no-compile (eager steps; the weights then differ from "
