@@ -11,7 +11,8 @@ Compiling takes 20-50 s per network and needs a C++ compiler. Loading a compiled
 0.01 s for the demo network. So a package is compiled once per (weights, architecture, tile shape, torch
 build, CPU instruction set, thread count) and kept in a cache folder; every later run on that machine loads
 it. A package is written under a temporary name and renamed into place, so a crash or a concurrent run never
-leaves half a file under a name that is read.
+leaves half a file under a name that is read. The same cache holds the weight-free kernels of
+:mod:`operators.window_kernels` under keys of their own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,6 +64,11 @@ class CompileKey:
             cpu_isa=torch.backends.cpu.get_cpu_capability(),
             threads=torch.get_num_threads(),
         )
+
+    @classmethod
+    def for_kernel(cls, name: str, input_shape: tuple[int, ...]) -> CompileKey:
+        """The key of a weight-free arithmetic kernel: ``name`` says what it computes (and its version)."""
+        return cls.for_network("", {"kernel": name}, input_shape)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
@@ -141,25 +148,44 @@ class CompiledNetworkCache:
         Raises :class:`CompileUnavailableError` when a package has to be compiled and no C++ compiler exists,
         ``OSError`` when the cache folder cannot be written; inductor's own errors propagate.
         """
+        network.eval()
+        runner, compiled_now = self.load_or_compile_module(
+            key,
+            label,
+            lambda: (network, (torch.zeros(key.input_shape, dtype=torch.float32),), None),
+            # freezing: weights folded in, oneDNN prepacking (applies to no-grad graphs)
+            inductor_configs={"freezing": True},
+        )
+        return CompiledForward(runner, network, key.input_shape), compiled_now
+
+    def load_or_compile_module(
+        self,
+        key: CompileKey,
+        label: str,
+        build: Callable[[], tuple[torch.nn.Module, tuple[torch.Tensor, ...], tuple | None]],
+        inductor_configs: dict | None = None,
+    ):
+        """The package runner for ``key`` (``runner.run(list_of_tensors) -> list_of_tensors``) and whether it
+        was compiled now. ``build()`` gives what to compile: the module, example inputs and the
+        ``dynamic_shapes`` of ``torch.export.export`` (sizes left free); it is called only when compiling, since
+        creating export dimensions imports sympy (0.5 s a process). Errors as :meth:`load_or_compile`."""
         path = self.path_for(key)
         if path.is_file():
             try:
                 started = time.perf_counter()
                 runner = load_package(path)
                 logger.info(
-                    "%s: compiled network loaded from %s in %.1f s",
+                    "%s: compiled package loaded from %s in %.2f s",
                     label,
                     path,
                     time.perf_counter() - started,
                 )
-                return CompiledForward(runner, network, key.input_shape), False
+                return runner, False
             except Exception as exc:  # a truncated or foreign file: compile it again
-                logger.warning(
-                    "%s: cached compiled network %s is unusable (%s); compiling again", label, path, exc
-                )
+                logger.warning("%s: cached package %s is unusable (%s); compiling again", label, path, exc)
         if cxx_compiler() is None:
             raise CompileUnavailableError(
-                f"no C++ compiler ({cxx_compiler_name()}) on PATH to compile the network for this CPU"
+                f"no C++ compiler ({cxx_compiler_name()}) on PATH to compile {label} for this CPU"
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         import torch._inductor  # compiling only: loading a package does not need inductor
@@ -167,19 +193,16 @@ class CompiledNetworkCache:
 
         started = time.perf_counter()
         logger.info(
-            "%s: compiling the network for this CPU (once per machine; about 20-50 s), cache %s",
-            label,
-            self.folder,
+            "%s: compiling for this CPU (once per machine; about 10-50 s), cache %s", label, self.folder
         )
-        network.eval()
-        example = torch.zeros(key.input_shape, dtype=torch.float32)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pt2", dir=self.folder)
         os.close(handle)
         try:
-            with torch.no_grad():  # freezing (weights folded in, oneDNN prepacking) applies to no-grad graphs
-                exported = torch.export.export(network, (example,))
+            module, example_inputs, dynamic_shapes = build()
+            with torch.no_grad():
+                exported = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes)
                 torch._inductor.aoti_compile_and_package(
-                    exported, package_path=temporary, inductor_configs={"freezing": True}
+                    exported, package_path=temporary, inductor_configs=inductor_configs or {}
                 )
             os.replace(temporary, path)
         finally:
@@ -187,4 +210,4 @@ class CompiledNetworkCache:
                 os.unlink(temporary)
         runner = load_package(path)
         logger.info("%s: compiled in %.1f s -> %s", label, time.perf_counter() - started, path)
-        return CompiledForward(runner, network, key.input_shape), True
+        return runner, True

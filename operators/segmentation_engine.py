@@ -13,7 +13,8 @@ Steps, each reproducing what TotalSegmentator 2.18 + nnU-Net 2.8 do for ``--task
 
 Runs on CUDA when available (with autocast float16, as ``nnUNetPredictor`` does there) and on all CPU cores
 otherwise; on CPU, with a compile cache folder, through networks compiled ahead of time for this CPU
-(:mod:`operators.compiled_network`). GPU out-of-memory falls back to CPU-side accumulation and then to CPU
+(:mod:`operators.compiled_network`) and the sliding window's float16 arithmetic compiled with them
+(:mod:`operators.window_kernels`, the eager bits). GPU out-of-memory falls back to CPU-side accumulation and then to CPU
 inference rather than losing the case.
 """
 
@@ -39,8 +40,14 @@ from operators.model_store import ModelFolderError, ResolvedPart, dataset_label_
 from operators.network_builder import NetworkConfig, load_part_network
 from operators.resampling import image_to_spacing, labels_to_shape, resampled_shape
 from operators.segmentation_result import AlgorithmInfo, SegmentationResult
-from operators.sliding_window import WindowStats, gaussian_importance_map, predict_labels
+from operators.sliding_window import (
+    WindowArithmetic,
+    WindowStats,
+    gaussian_importance_map,
+    predict_labels,
+)
 from operators.volume import Volume
+from operators.window_kernels import load_compiled_arithmetic
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,6 +72,7 @@ class _LoadedPart:
     num_channels: int
     lut: np.ndarray  # part output channel -> final label
     compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # CPU tiles through the compiled network
+    arithmetic: WindowArithmetic | None = None  # the sliding window's sums and argmax, compiled with it
 
     @cached_property
     def checkpoint_sha256(self) -> str:
@@ -253,6 +261,8 @@ class SegmentationEngine:
         part = _LoadedPart(resolved, network, config, n_channels, lut)
         if self.compile_cache:
             part.compiled = self._compiled(part)
+            if part.compiled is not None:
+                part.arithmetic = self._compiled_arithmetic(part)
         return part
 
     def _compiled(self, part: _LoadedPart) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -274,6 +284,23 @@ class SegmentationEngine:
             self.load_notes.append(note)
             return None
         return compiled
+
+    def _compiled_arithmetic(self, part: _LoadedPart) -> WindowArithmetic | None:
+        """The part's sliding-window arithmetic compiled for this CPU (same bits as eager), or None (eager)."""
+        patch = tuple(int(p) for p in part.config.patch_size)
+        label = part.resolved.folder.parent.name
+        try:
+            return load_compiled_arithmetic(
+                self.compile_cache,  # type: ignore[arg-type]
+                part.num_channels,
+                torch.from_numpy(gaussian_importance_map(patch)),
+                label,
+            )
+        except Exception as exc:  # noqa: BLE001 - the eager arithmetic gives the same labels, only slower
+            logger.warning(
+                "%s: sliding-window arithmetic runs eagerly: %s: %s", label, type(exc).__name__, exc
+            )
+            return None
 
     @property
     def execution(self) -> str:
@@ -366,7 +393,9 @@ class SegmentationEngine:
             device: torch.device, batch_size: int, on_device: bool, amp: bool
         ) -> Callable[[], np.ndarray]:
             def attempt() -> np.ndarray:
-                part.network.to(device)
+                moved = device != self.device  # a CPU fallback of a GPU engine; .to() walks every module
+                if moved:
+                    part.network.to(device)
                 # A part has a compiled forward only on a CPU engine. Its logits still go into predict_labels'
                 # float16 sums, as nnUNetPredictor's: float32 sums were faster on CPU (demo: 0.14-0.17 s instead
                 # of 0.21-0.31 s outside the forward passes) but took a random network's small class to Dice
@@ -385,9 +414,11 @@ class SegmentationEngine:
                         accumulate_on_device=on_device,
                         use_amp=amp,
                         stats=stats,
+                        arithmetic=part.arithmetic if device.type == "cpu" else None,
                     ).result()
                 finally:
-                    part.network.to(self.device)
+                    if moved:
+                        part.network.to(self.device)
 
             return attempt
 

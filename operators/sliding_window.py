@@ -12,7 +12,9 @@ Gaussian moves argmax decisions near tile borders. By default the weighted logit
 in float16, in nnU-Net's order, divided in float16 and the argmax taken on that, as nnU-Net 2.8 does: with
 float32 sums, near-ties that float16 rounding turns into exact ties (won by the lower class index) go the
 other way, which on weakly trained or random networks costs up to ~0.4 % Dice against the official tool.
-``accumulate_dtype=torch.float32`` is available for models whose logits could overflow float16.
+``accumulate_dtype=torch.float32`` is available for models whose logits could overflow float16. How tiles are
+weighted, summed and decided is a :class:`WindowArithmetic`: :class:`EagerArithmetic` here, the same bits
+compiled for the CPU in :mod:`operators.window_kernels`.
 
 Memory stays bounded on large images: tile starts along axis 0 only increase, so once the tiles of one
 axis-0 position are summed, every voxel before the next position is final. Those voxels are turned into
@@ -29,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -99,6 +102,45 @@ def weighted_argmax(summed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return winner
 
 
+class WindowArithmetic(Protocol):
+    """How :func:`predict_labels` weights, sums and decides."""
+
+    def accumulate(
+        self, summed: torch.Tensor, logits: torch.Tensor, gaussian: torch.Tensor, corner: tuple[int, ...]
+    ) -> None:
+        """Add ``logits * gaussian`` (one tile, ``[classes, *patch]``) in place into the accumulator ``summed``
+        (``[classes, *grid]``) at the tile's ``corner``, rounded once to ``summed``'s dtype. ``logits`` may be
+        overwritten."""
+
+    def argmax(self, summed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """uint8 class index of ``summed / weights`` (ties to the lower index); ``FloatingPointError`` when a
+        winning value is not finite."""
+
+
+def tile_region(corner: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[slice, ...]:
+    """The accumulator index of a tile, class axis first."""
+    return (slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True)))
+
+
+class EagerArithmetic:
+    """Eager torch: nnUNetPredictor's own operations (``prediction *= gaussian``, ``predicted_logits[sl] +=
+    prediction``) and :func:`weighted_argmax`."""
+
+    def accumulate(
+        self, summed: torch.Tensor, logits: torch.Tensor, gaussian: torch.Tensor, corner: tuple[int, ...]
+    ) -> None:
+        if torch.promote_types(logits.dtype, gaussian.dtype) == logits.dtype:
+            # In place on the network's own output, as nnUNetPredictor weights its prediction: the same
+            # rounding, without a second logits-sized buffer.
+            logits.mul_(gaussian)
+        else:  # float16 logits into a float32 accumulator: the product stays float32 (no overflow)
+            logits = logits * gaussian
+        summed[tile_region(corner, tuple(logits.shape[1:]))] += logits
+
+    def argmax(self, summed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return weighted_argmax(summed, weights)
+
+
 @dataclass
 class WindowStats:
     """What one sliding-window run did, for timing reports."""
@@ -133,13 +175,17 @@ def predict_labels(
     stats: WindowStats | None = None,
     accumulate_dtype: torch.dtype = torch.float16,
     max_accumulator_bytes: int | None = None,
+    arithmetic: WindowArithmetic | None = None,
 ) -> np.ndarray:
     """Argmax labels (uint8, same shape as ``image``) of Gaussian-weighted sliding-window logits.
 
     ``image`` is the normalised image in network axis order. The network must already be on ``device``.
     The accumulator covers the whole (padded) image when it needs at most ``max_accumulator_bytes`` (default
     :data:`FULL_ACCUMULATOR_BYTES`), otherwise a rolling slab of axis-0 rows; the labels are the same.
+    ``arithmetic`` weights, sums and takes the argmax (default :class:`EagerArithmetic`; the compiled kernels
+    of :mod:`operators.window_kernels` give the same bits faster on CPU).
     """
+    arithmetic = arithmetic or EagerArithmetic()
     stats = stats if stats is not None else WindowStats()
     started = time.perf_counter()
     pads = padding_for(image.shape, patch_size)
@@ -171,7 +217,7 @@ def predict_labels(
         nonlocal done
         if upto > done:
             rows = slice(done - origin, upto - origin)
-            labels[done:upto] = weighted_argmax(logits[:, rows], weights[rows]).cpu().numpy()
+            labels[done:upto] = arithmetic.argmax(logits[:, rows], weights[rows]).cpu().numpy()
             done = upto
 
     def make_room(x: int) -> None:
@@ -188,9 +234,11 @@ def predict_labels(
         weights[keep:] = 0
         origin = done
 
+    rolling = span < shape[0]
     for x in starts[0]:
-        finalize(x)
-        make_room(x)
+        if rolling:  # a whole-image accumulator takes its argmax once, at the end, in one contiguous pass
+            finalize(x)
+            make_room(x)
         slab = data[x : x + p0].to(device)
         positions = [(y, z) for y in starts[1] for z in starts[2]]
         for first in range(0, len(positions), batch_size):
@@ -205,17 +253,10 @@ def predict_labels(
             stats.forward_seconds += time.perf_counter() - t0
             out = out.to(acc_device)
             weight = gaussian_acc if out.dtype == torch.float16 else gaussian
-            if torch.promote_types(out.dtype, weight.dtype) == out.dtype:
-                # In place on the network's own output, as nnUNetPredictor weights its prediction: the same
-                # rounding, without a second logits-sized buffer.
-                out.mul_(weight)
-            else:  # float16 logits into a float32 accumulator: the product stays float32 (no overflow)
-                out = out * weight
-            rows = slice(x - origin, x - origin + p0)
             for (y, z), tile in zip(chunk, out, strict=True):
-                region = (slice(None), rows, slice(y, y + patch_size[1]), slice(z, z + patch_size[2]))
-                logits[region] += tile
-                weights[region[1:]] += gaussian_acc
+                corner = (x - origin, y, z)
+                arithmetic.accumulate(logits, tile, weight, corner)
+                weights[tile_region(corner, patch_size)[1:]] += gaussian_acc
             stats.tiles += len(chunk)
     finalize(shape[0])
     stats.total_seconds += time.perf_counter() - started

@@ -23,6 +23,7 @@ from operators.compiled_network import (  # noqa: E402
     default_cache_folder,
 )
 from operators.segmentation_engine import SegmentationEngine, segment_volumes  # noqa: E402
+from operators.window_kernels import CompiledArithmetic  # noqa: E402
 from tests.conftest import require_tool  # noqa: E402
 from tests.engine_helpers import FINAL, make_volume, smooth_image  # noqa: E402
 from tests.test_engine_parity_nnunet import assert_parity  # noqa: E402
@@ -42,11 +43,14 @@ def compiled_cache(tmp_path_factory, two_parts):
 def test_compiled_engine_matches_nnunet_and_the_next_engine_loads_the_cache(two_parts, compiled_cache):
     root, profile = two_parts
     packages = sorted(compiled_cache.glob("*.pt2"))
-    assert len(packages) == 2  # one per part
     written = {p: p.stat().st_mtime_ns for p in packages}
 
     engine = SegmentationEngine(profile, root, device="cpu", compile_cache=compiled_cache)
     assert engine.execution == "compiled" and not engine.load_notes
+    # one network per part, and the window arithmetic (accumulation, argmax) per class count and patch
+    assert all(isinstance(p.arithmetic, CompiledArithmetic) for p in engine.parts)
+    kernel_sets = {(p.num_channels, tuple(p.config.patch_size)) for p in engine.parts}
+    assert len(packages) == len(engine.parts) + 2 * len(kernel_sets)
     assert {p: p.stat().st_mtime_ns for p in compiled_cache.glob("*.pt2")} == written  # loaded, not rebuilt
     assert not list(compiled_cache.glob(".*"))  # no temporary files left behind
 
@@ -103,6 +107,7 @@ def test_without_a_compiler_the_engine_runs_eagerly_and_says_why(two_parts, tmp_
     engine = SegmentationEngine(profile, root, device="cpu", compile_cache=tmp_path / "cache")
     assert engine.execution == "eager"
     assert len(engine.load_notes) == 2 and all("no C++ compiler" in n for n in engine.load_notes)
+    assert all(p.arithmetic is None for p in engine.parts)  # the eager arithmetic, as nnUNetPredictor's
     volume = make_volume(smooth_image((30, 28, 12), seed=1))
     labels = engine.segment(volume)
     assert engine.last_run.notes[:2] == engine.load_notes  # the run record carries the reason
