@@ -97,7 +97,7 @@ def test_cli_compile_cache_runs_compiled_networks_with_the_same_labels(study, ea
     out, cache = tmp_path / "out", tmp_path / "compiled"
     result = run([*CLI, "run", "-i", str(study), "-o", str(out), "--compile-cache", str(cache)])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(cache.glob("*.pt2"))) == 1  # the demo profile has one part
+    assert len(list(cache.glob("*.pt2"))) == 3  # the demo's one part: network, tile sums, argmax
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["device"] == "cpu (networks compiled ahead of time, AOTInductor)"
     segs = sorted((out / "nifti").glob("*_seg.nii.gz"))
