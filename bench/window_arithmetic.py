@@ -31,8 +31,6 @@ from operators.model_profile import load_profile  # noqa: E402
 from operators.segmentation_engine import SegmentationEngine  # noqa: E402
 from operators.sliding_window import EagerArithmetic  # noqa: E402
 
-logger = logging.getLogger("window_arithmetic")
-
 
 class _Timed:
     """Wraps an arithmetic and adds up the seconds of its two calls."""

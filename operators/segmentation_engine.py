@@ -14,8 +14,8 @@ Steps, each reproducing what TotalSegmentator 2.18 + nnU-Net 2.8 do for ``--task
 Runs on CUDA when available (with autocast float16, as ``nnUNetPredictor`` does there) and on all CPU cores
 otherwise; on CPU, with a compile cache folder, through networks compiled ahead of time for this CPU
 (:mod:`operators.compiled_network`) and the sliding window's float16 arithmetic compiled with them
-(:mod:`operators.window_kernels`, the eager bits). GPU out-of-memory falls back to CPU-side accumulation and then to CPU
-inference rather than losing the case.
+(:mod:`operators.window_kernels`, the eager bits). GPU out-of-memory falls back to CPU-side accumulation and
+then to CPU inference rather than losing the case.
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ class _LoadedPart:
     lut: np.ndarray  # part output channel -> final label
     compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # CPU tiles through the compiled network
     arithmetic: WindowArithmetic | None = None  # the sliding window's sums and argmax, compiled with it
+
+    @property
+    def label(self) -> str:
+        """The part's dataset folder name, for log lines and notes."""
+        return self.resolved.folder.parent.name
 
     @cached_property
     def checkpoint_sha256(self) -> str:
@@ -273,7 +278,7 @@ class SegmentationEngine:
             {"class": config.network_class_name, "kwargs": config.arch_kwargs, "outputs": part.num_channels},
             (self.tile_batch_size, 1, *config.patch_size),  # one MR channel (build_network's input)
         )
-        label = part.resolved.folder.parent.name
+        label = part.label
         try:
             compiled, _ = self.compile_cache.load_or_compile(part.network, key, label)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - a failed compilation must not lose the case: eager is exact
@@ -288,7 +293,7 @@ class SegmentationEngine:
     def _compiled_arithmetic(self, part: _LoadedPart) -> WindowArithmetic | None:
         """The part's sliding-window arithmetic compiled for this CPU (same bits as eager), or None (eager)."""
         patch = tuple(int(p) for p in part.config.patch_size)
-        label = part.resolved.folder.parent.name
+        label = part.label
         try:
             return load_compiled_arithmetic(
                 self.compile_cache,  # type: ignore[arg-type]
@@ -414,7 +419,7 @@ class SegmentationEngine:
                         accumulate_on_device=on_device,
                         use_amp=amp,
                         stats=stats,
-                        arithmetic=part.arithmetic if device.type == "cpu" else None,
+                        arithmetic=part.arithmetic,  # compiled only on a CPU engine
                     ).result()
                 finally:
                     if moved:

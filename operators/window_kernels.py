@@ -3,10 +3,10 @@
 :func:`operators.sliding_window.predict_labels` sums Gaussian-weighted logits into a float16 accumulator and
 takes the argmax of the sums divided by the summed weights, rounding as ``nnUNetPredictor`` does (see that
 module). This CPU has no float16 arithmetic, so in eager torch each mixed float16/float32 step is a pass
-through memory of its own: on the demo model (19 classes, 12 tiles of 48x64x64, a 112x84x107 grid; 2-core
-AVX2 CPU) the weighting and summing took 76-106 ms and the division and argmax 42-68 ms, against 0.45-0.5 s
-for the compiled network's forward passes. Fused into one vectorised loop each (AOTInductor), the same
-arithmetic took 31 ms (including copying each tile's accumulator region in and out) and 9 ms.
+through memory of its own. Fused into one vectorised loop each (AOTInductor), inside the compiled engine on
+the demo model (19 classes, 12 tiles of 48x64x64, a 112x84x107 grid; 2-core AVX2 CPU; rounds alternating in
+one process, ``bench/window_arithmetic.py``), the weighting and summing took 35-43 ms instead of 68-107 ms
+and the division and argmax 17-18 ms instead of 28-46 ms, against 0.45-0.55 s of forward passes.
 
 The results are the eager ones bit for bit, not just close: ``emulate_precision_casts`` makes inductor round
 every explicit float16 cast as eager torch does (without it the quotients stayed in float32 and 66 argmax
