@@ -4,17 +4,21 @@
 
 One step = forward, deep-supervision Dice + cross-entropy loss, backward and an Adam update on a batch of two
 [48, 64, 64] patches with 19 classes, as ``app/synthetic/train_demo_model.py`` trains. Variants, timed
-side by side in one process (median of ``--repeat`` steps after one warm-up step):
+side by side in one process (median of ``--repeat`` steps after one warm-up step each):
 
 - ``nnunet_default``: two convolutions in every stage, NCDHW tensors, the loss from a one-hot target;
 - ``one_conv_decoder``: the demo's convolutions per stage (``demo_model.N_CONV_PER_STAGE*``), same layout and
   loss;
 - ``+channels_last``: also NDHWC (``channels_last_3d``) network and input;
-- ``+one_hot_free_loss``: also the training script's loss (no one-hot tensor);
-- ``demo_recipe``: also ``torch.compile`` of the network (``train_demo_model.COMPILE_NETWORK``): what the
-  script runs (compilation happens in the untimed warm-up step);
-- ``demo_recipe_early``: the same on the smaller patches of the script's first iterations
-  (``train_demo_model.EARLY_PATCH_SIZE``).
+- ``+compiled_network``: also ``torch.compile`` of the network (nnU-Net's modules) and the training script's
+  loss (``training_network.dice_ce_loss``) outside the compiled graph: the recipe until 2026-12-02;
+- ``demo_recipe``: the network in its training form and the loss compiled with it
+  (``training_network.training_form`` and ``compiled_loss``): what the script runs (compilation happens in
+  the untimed warm-up step);
+- ``+compiled_network_early``, ``demo_recipe_early``: those two on the smaller patches of the script's first
+  iterations (``train_demo_model.EARLY_PATCH_SIZE``).
+
+The variants' steps are interleaved round by round (this host's speed drifts by tens of percent).
 
 The demo training budget (30 minutes on a 2-core CPU) makes the seconds per sample the figure that decides
 how many iterations the committed weights get.
@@ -27,6 +31,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from app.synthetic import demo_model as dm  # noqa: E402
 from app.synthetic import train_demo_model as tdm  # noqa: E402
+from app.synthetic import training_network as tn  # noqa: E402
 from operators.model_factory import random_network  # noqa: E402
 
 logger = logging.getLogger("demo_training_step")
@@ -75,7 +81,8 @@ class Variant:
     one_conv: bool
     channels_last: bool
     loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-    compiled: bool = False
+    compiled: bool = False  # torch.compile of the network (loss outside the graph)
+    training_form: bool = False  # the script's training form and loss compiled with the network
     patch: tuple[int, int, int] = dm.PATCH_SIZE
 
 
@@ -83,18 +90,18 @@ VARIANTS = {
     "nnunet_default": Variant(one_conv=False, channels_last=False, loss=one_hot_dice_ce),
     "one_conv_decoder": Variant(one_conv=True, channels_last=False, loss=one_hot_dice_ce),
     "+channels_last": Variant(one_conv=True, channels_last=True, loss=one_hot_dice_ce),
-    "+one_hot_free_loss": Variant(one_conv=True, channels_last=True, loss=tdm.dice_ce_loss),
+    "+compiled_network": Variant(one_conv=True, channels_last=True, loss=tn.dice_ce_loss, compiled=True),
     "demo_recipe": Variant(
-        one_conv=True, channels_last=True, loss=tdm.dice_ce_loss, compiled=tdm.COMPILE_NETWORK
+        one_conv=True, channels_last=True, loss=tn.dice_ce_loss, training_form=tdm.COMPILE_NETWORK
     ),
 }
 if tdm.EARLY_PATCH_SIZE is not None:
+    VARIANTS["+compiled_network_early"] = replace(VARIANTS["+compiled_network"], patch=tdm.EARLY_PATCH_SIZE)
     VARIANTS["demo_recipe_early"] = replace(VARIANTS["demo_recipe"], patch=tdm.EARLY_PATCH_SIZE)
 
 
-def time_variant(name: str, repeat: int) -> float:
-    """Median seconds per sample of one training step."""
-    variant = VARIANTS[name]
+def step_function(variant: Variant, stack: ExitStack) -> Callable[[], None]:
+    """One training step of ``variant`` on fixed random data, warmed up (oneDNN primitives, compilation)."""
     torch.manual_seed(0)
     net = network(
         dm.N_CONV_PER_STAGE if variant.one_conv else None,
@@ -106,20 +113,36 @@ def time_variant(name: str, repeat: int) -> float:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    forward = torch.compile(net, dynamic=False) if variant.compiled else net
+    if variant.training_form:
+        stack.enter_context(tn.training_form(net))
+        loss_of = tn.compiled_loss(net, N_CLASSES, compile_graph=True)
+    else:
+        forward = torch.compile(net, dynamic=False) if variant.compiled else net
+
+        def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return tn.deep_supervision_loss(forward(x), y, N_CLASSES, variant.loss)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        tdm.deep_supervision_loss(forward(x), y, N_CLASSES, variant.loss).backward()
+        loss_of(x, y).backward()
         optimizer.step()
 
-    step()  # warm-up: oneDNN primitive creation, compilation
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) / BATCH
+    step()
+    return step
+
+
+def time_variants(names: tuple[str, ...], repeat: int) -> dict[str, float]:
+    """Median seconds per sample of one training step, the variants' steps interleaved round by round so
+    that a change in the shared host's speed affects them alike."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with ExitStack() as stack:
+        steps = {name: step_function(VARIANTS[name], stack) for name in names}
+        for _ in range(repeat):
+            for name in names:
+                start = time.perf_counter()
+                steps[name]()
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) / BATCH for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     variants = tuple(VARIANTS)
-    seconds = {name: time_variant(name, args.repeat) for name in variants}
+    seconds = time_variants(variants, args.repeat)
     base = seconds["nnunet_default"]
-    logger.info("%-18s %12s %10s", "variant", "s / sample", "ratio")
+    logger.info("%-24s %12s %10s", "variant", "s / sample", "ratio")
     for name in variants:
-        logger.info("%-18s %12.3f %10.2f", name, seconds[name], seconds[name] / base)
+        logger.info("%-24s %12.3f %10.2f", name, seconds[name], seconds[name] / base)
     return 0
 
 

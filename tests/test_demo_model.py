@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 from app.synthetic import demo_model as dm  # noqa: E402
 from app.synthetic import phantom  # noqa: E402
 from app.synthetic import train_demo_model as tdm  # noqa: E402
+from app.synthetic import training_network as tn  # noqa: E402
 from app.synthetic.evaluate_demo_model import ACQUISITIONS, render_case  # noqa: E402
 from operators.canonical_orientation import to_closest_canonical  # noqa: E402
 from operators.volume import LPS_TO_RAS, Volume  # noqa: E402
@@ -171,8 +172,9 @@ def test_curved_contrast_keeps_air_black_and_equal_tissues_equal_but_reorders_ot
 
 
 def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
-    """The training loss (computed without a one-hot tensor, for speed) has the value and the gradient of the
-    textbook one-hot formulation: mean cross-entropy + 1 - mean over foreground classes of batch soft Dice."""
+    """The training loss (written so that the compiler fuses the one-hot target away) has the value and the
+    gradient of the textbook one-hot formulation: mean cross-entropy + 1 - mean over foreground classes of
+    batch soft Dice."""
     from bench.demo_training_step import one_hot_dice_ce
 
     n = 5
@@ -184,7 +186,7 @@ def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
         return one_hot_dice_ce(x, target, n)
 
     results = []
-    for fn in (lambda x: tdm.dice_ce_loss(x, target, n), reference):
+    for fn in (lambda x: tn.dice_ce_loss(x, target, n), reference):
         x = logits.clone().requires_grad_()
         loss = fn(x)
         loss.backward()
@@ -194,7 +196,45 @@ def test_training_loss_is_cross_entropy_plus_one_hot_soft_dice():
     assert torch.allclose(our_grad, ref_grad, rtol=1e-5, atol=1e-9)
     # channels-last logits (as the network returns them in training) give the same loss
     channels_last = logits.contiguous(memory_format=torch.channels_last_3d)
-    assert float(tdm.deep_supervision_loss([channels_last], target, n)) == pytest.approx(ref, rel=1e-6)
+    assert float(tn.deep_supervision_loss([channels_last], target, n)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_training_form_computes_the_networks_function_and_gives_it_back_unchanged():
+    """While training, the instance norms are computed in a form inductor compiles well; the network's outputs
+    and gradients are nnU-Net's, and after the block the module tree and state_dict are PlainConvUNet's."""
+    from operators.model_factory import random_network
+
+    torch.manual_seed(0)
+    net = random_network(dm.factory_spec(label_names=tuple(f"c{i}" for i in range(1, 6)))).train()
+    net.decoder.deep_supervision = True
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d)):
+        with torch.no_grad():  # non-trivial affine parameters
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    modules_before = [type(m) for m in net.modules()]
+    keys_before = list(net.state_dict())
+    x = torch.randn(2, 1, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 50 + 200
+    y = torch.randint(0, 6, (2, 16, 32, 32), generator=torch.Generator().manual_seed(2))
+
+    def outputs_and_grads():
+        net.zero_grad(set_to_none=True)
+        outs = net(x)
+        tn.deep_supervision_loss(outs, y, 6).backward()
+        return [o.detach() for o in outs], [p.grad.clone() for p in net.parameters()]
+
+    ref_outs, ref_grads = outputs_and_grads()
+    with tn.training_form(net):
+        forms = [m for m in net.modules() if isinstance(m, tn.InstanceNormForTraining)]
+        assert forms and not [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+        assert list(net.state_dict()) == keys_before  # same parameter names even while swapped
+        outs, grads = outputs_and_grads()
+    for ours, ref in zip(outs, ref_outs, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    for ours, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-5)
+    assert [type(m) for m in net.modules()] == modules_before
+    conv_block = net.encoder.stages[0][0].convs[0]
+    assert conv_block.norm is conv_block.all_modules[1]  # the shared module is shared again
 
 
 def test_training_is_deterministic_and_writes_a_complete_folder(tmp_path):
@@ -284,14 +324,14 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
 # used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
 # laterality, resampling) or a worse checkpoint. It is NOT the issue's accuracy target (mean 0.90, every
 # structure 0.80), which the committed weights do not reach; see models/demo/README.md.
-# Measured (this case): mean 0.868; liver 0.933, gallbladder 0.933, kidneys R/L 0.864/0.878, lungs L/R
-# 0.926/0.890, spinal cord 0.788, heart 0.931, vertebrae 0.719, discs 0.721, autochthon L/R 0.886/0.876,
-# iliopsoas L/R 0.872/0.894. Left/right pairs guard laterality. Floors are 0.1 below the measured values.
+# Measured (this case): mean 0.869; liver 0.939, gallbladder 0.908, kidneys R/L 0.847/0.853, lungs L/R
+# 0.935/0.903, spinal cord 0.796, heart 0.952, vertebrae 0.729, discs 0.745, autochthon L/R 0.870/0.907,
+# iliopsoas L/R 0.875/0.903. Left/right pairs guard laterality. Floors are 0.1 below the measured values.
 HELD_OUT_FLOOR = {
-    1: 0.77, 2: 0.76, 3: 0.77, 4: 0.83, 5: 0.83, 6: 0.76, 10: 0.82, 11: 0.79, 19: 0.61,
-    20: 0.62, 21: 0.68, 22: 0.83, 23: 0.77, 24: 0.8, 46: 0.78, 47: 0.77, 48: 0.77, 49: 0.79,
+    1: 0.76, 2: 0.75, 3: 0.75, 4: 0.81, 5: 0.84, 6: 0.74, 10: 0.84, 11: 0.8, 19: 0.63,
+    20: 0.64, 21: 0.7, 22: 0.85, 23: 0.78, 24: 0.82, 46: 0.77, 47: 0.81, 48: 0.77, 49: 0.8,
 }  # fmt: skip
-HELD_OUT_MEAN_FLOOR = 0.76
+HELD_OUT_MEAN_FLOOR = 0.77
 
 
 @pytest.mark.slow

@@ -61,13 +61,14 @@ CURRICULUM_FRACTION = 0.2
 TRAIN_SEED_RANGE = (0, 500_000)
 EVAL_SEED_BASE = 900_000  # evaluation phantoms use seeds from here on; training never draws them
 
-DEFAULT_ITERATIONS = 5600
+DEFAULT_ITERATIONS = 7000
 DEFAULT_SEED = 20261124
 # Batch 2, not 1: at batch 1 PyTorch's CPU convolution takes its slow im2col path (slow_conv3d) for every
 # layer below full resolution (N*C*D*H <= 20480), at batch 2 oneDNN throughout: 0.44 s per sample instead of
 # 0.61. Held-out mean Dice 0.70 in 1537 s at Adam 2e-3 (batch 1, 2600 iterations: 0.69 in 1851 s).
-# 5600 iterations (4480 on the small early patches): about 1400 s on this 2-core CPU with the one-convolution
-# decoder (N_CONV_PER_STAGE*), channels-last convolutions, the one-hot-free loss and the compiled network.
+# 7000 iterations (5600 on the small early patches): about 1350 s on this 2-core CPU with the one-convolution
+# decoder (N_CONV_PER_STAGE*), channels-last convolutions and network and loss compiled in their training
+# form (COMPILE_NETWORK).
 BATCH_SIZE = 2
 # Progressive patch size: the first EARLY_FRACTION of the iterations train on smaller patches (None = off);
 # the network is fully convolutional. A step on 32x48x48 costs 0.23-0.41x one on 48x64x64 in three
@@ -77,7 +78,7 @@ BATCH_SIZE = 2
 # under-trained (the same recipe for 6000 iterations, 3791 s, over the budget: 0.884), so steps count: 4400
 # iterations, 80 % of them early, reach 0.847 in 1689 s where 3000 with 40 % early reached 0.828 in 1607 s
 # (an early step measured 0.27-0.34 s with rendering, a full one 0.6-0.67 s, in these runs; compiled, see
-# COMPILE_NETWORK, 0.20-0.23 s and 0.41-0.46 s).
+# COMPILE_NETWORK, 0.20-0.23 s and 0.41-0.46 s; in the training form 0.14-0.16 s and 0.34-0.38 s).
 EARLY_PATCH_SIZE: tuple[int, int, int] | None = (32, 48, 48)
 EARLY_FRACTION = 0.8
 POOL_SIZE = 12  # rendered volumes kept for patch sampling
@@ -85,6 +86,8 @@ POOL_SIZE = 12  # rendered volumes kept for patch sampling
 # a full step 0.56 s on two: every 4 iterations, rendering was a fifth of the wall time; with mostly early
 # steps (about half as long) 12 keeps it near a tenth. Rendering ahead on a background thread at the lowest
 # priority (torch's two threads leave part of the two cores idle) took 2-8 % off the wall time: not kept.
+# (2026-12-02: a render 0.42 s, an early step 0.14-0.16 s with it, so rendering is about a fifth of an early
+# step again; the process keeps 1.8-1.9 cores busy, so a background thread has little idle time to fill.)
 RENDER_EVERY = 12
 # After the curriculum, a realistic training contrast has its tissue intensities passed through a random
 # curve with this probability, so that tissue orderings all training contrasts share are not taken for
@@ -103,15 +106,19 @@ NOISE_RANGE = (0.005, 0.06)  # Rician noise sigma relative to the brightest tiss
 # (1900 iterations of the one-convolution decoder). Since then the rate has not been separated from the other
 # changes: 7e-3 with the intensity curves gave 0.757 against 0.803 at 5e-3, 8e-3 came with the third "random"
 # above (0.828 against 0.822 at 5e-3 with two), and 1.2e-2 with the compiled network's 5600 iterations in the
-# time of 4400 (0.864 against 0.847 at 8e-3).
+# time of 4400 (0.864 against 0.847 at 8e-3; 1.5e-2 gained nothing).
 LEARNING_RATE = 1.2e-2
 WARMUP_ITERATIONS = 30
 # torch.compile (inductor) the training network: it fuses instance norm, LeakyReLU and the channels-last
 # conversions that eager mode runs as separate passes. Side by side with eager (alternating steps in one
 # process) a step took 0.90-0.91x as long on both patch sizes; in the training runs an early step fell from
 # 0.27-0.34 s to 0.20-0.23 s and a full one from 0.60-0.67 s to 0.41-0.46 s (rendering included), after
-# about 40 s of compilation (two graphs, one per patch size). Needs a C++ compiler. Compiled and eager steps
-# round differently, so the committed weights need it on (``--no-compile`` off).
+# about 40 s of compilation (two graphs, one per patch size). Since 2026-12-02 the graph holds the network in
+# its training form and the loss too (training_network.compiled_loss): side by side in one process
+# (`bench/demo_training_step.py`) a step costs 0.66x (48x64x64) and 0.75x (32x48x48) the compiled network
+# with the loss outside, and in the training run an early step took 0.14-0.16 s and a full one 0.34-0.38 s.
+# Needs a C++ compiler. Compiled and eager steps round differently, so the committed weights need it on
+# (``--no-compile`` off).
 COMPILE_NETWORK = True
 
 
@@ -277,46 +284,6 @@ def init_output_layers(network, pool: list[TrainingVolume], n_classes: int) -> N
             layer.bias.copy_(prior)
 
 
-def deep_supervision_loss(outputs, target, n_classes: int, loss=None):
-    """nnU-Net's deep supervision: ``loss`` (default :func:`dice_ce_loss`) at every decoder resolution
-    (targets downsampled by nearest neighbour), weighted 1, 1/2, 1/4, ... and normalised; speeds up learning
-    of the deeper layers."""
-    import torch.nn.functional as F
-
-    weights = [0.5**i for i in range(len(outputs))]
-    total = 0.0
-    for weight, out in zip(weights, outputs, strict=True):
-        out = out.contiguous()  # channels-last from the network; the loss is faster on NCDHW
-        if out.shape[2:] == target.shape[1:]:
-            tgt = target
-        else:
-            tgt = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
-        total = total + weight * (loss or dice_ce_loss)(out, tgt, n_classes)
-    return total / sum(weights)
-
-
-def dice_ce_loss(logits, target, n_classes: int):
-    """Cross-entropy plus (1 - batch soft Dice over the foreground classes), as nnU-Net trains.
-
-    The Dice terms come from the probability of each voxel's true class, summed per class, and the class
-    voxel counts, not from a one-hot target: the same values without a [N, C, D, H, W] one-hot tensor,
-    which made the loss a quarter of a training step.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    log_probs = F.log_softmax(logits, dim=1)
-    ce = F.nll_loss(log_probs, target)
-    probs = log_probs.exp()
-    flat_target = target.reshape(-1)
-    p_true = probs.gather(1, target[:, None]).reshape(-1)
-    intersect = torch.zeros(n_classes, dtype=probs.dtype).index_add_(0, flat_target, p_true)[1:]
-    counts = torch.bincount(flat_target, minlength=n_classes).to(probs.dtype)[1:]
-    denom = probs.sum(dim=(0, 2, 3, 4))[1:] + counts
-    dice = (2 * intersect + 1e-5) / (denom + 1e-5)
-    return ce + (1 - dice.mean())
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -350,7 +317,10 @@ def _early_patch_sentence() -> str:
 
 def _compile_sentence(compiled: bool) -> str:
     if compiled:
-        return "the network compiled with `torch.compile` (inductor; needs a C++ compiler)"
+        return (
+            "the network in its training form and the loss compiled together with `torch.compile` "
+            "(`app/synthetic/training_network.py`; inductor, needs a C++ compiler)"
+        )
     return "the network run eagerly (`--no-compile`)"
 
 
@@ -441,6 +411,7 @@ def train(
     import torch
 
     from app.synthetic import phantom as phantom_module
+    from app.synthetic.training_network import compiled_loss, training_form
 
     if compile_network is None:
         compile_network = COMPILE_NETWORK
@@ -462,8 +433,6 @@ def train(
         network.apply(network.initialize)
     # Channels-last: oneDNN convolves NDHWC without reordering every tensor (a step 0.77x as long).
     network = network.to(memory_format=torch.channels_last_3d)
-    # One static graph per patch size; the wrapper shares the parameters, so ``network`` is what is saved.
-    step_network = torch.compile(network, dynamic=False) if compile_network else network
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     n_params = sum(p.numel() for p in network.parameters())
     log.info("training %d classes, %d parameters, %d iterations", n_classes, n_params, iterations)
@@ -486,38 +455,43 @@ def train(
     pool = [render(0) for _ in range(POOL_SIZE)]
     init_output_layers(network, pool, n_classes)
     network.train()
-    for it in range(iterations):
-        # Replace the oldest pooled volume every RENDER_EVERY iterations: each volume serves several patches.
-        if it > 0 and it % RENDER_EVERY == 0:
-            pool = [*pool[1:], render(it)]
-        picks = rng.choice(len(pool), size=BATCH_SIZE, replace=False)
-        early = EARLY_PATCH_SIZE is not None and it < EARLY_FRACTION * iterations
-        patch_size = EARLY_PATCH_SIZE if early else dm.PATCH_SIZE
-        patches = [sample_patch(pool[int(p)], rng, patch_size) for p in picks]
-        x = torch.from_numpy(np.stack([p[0] for p in patches]))[:, None]
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        y = torch.from_numpy(np.stack([p[1] for p in patches]))
-        lr = LEARNING_RATE * min(1.0, (it + 1) / WARMUP_ITERATIONS) * (1 - it / iterations) ** 0.9
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss = deep_supervision_loss(step_network(x), y, n_classes)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if (it + 1) % log_every == 0 or it + 1 == iterations:
-            log.info(
-                "iteration %d/%d loss %.4f (mean of last %d) lr %.2e volumes %d wall %.0f s cpu %.0f s",
-                it + 1,
-                iterations,
-                float(np.mean(losses[-log_every:])),
-                log_every,
-                lr,
-                len(shapes),
-                time.perf_counter() - wall0,
-                time.process_time() - cpu0,
-            )
+    # The network in its training form (its instance norms computed as inductor vectorises them; nnU-Net's
+    # modules are back for saving after the block), network and loss in one static graph per patch size
+    # sharing the parameters, so ``network`` is what is saved.
+    with training_form(network):
+        step_loss = compiled_loss(network, n_classes, compile_network)
+        for it in range(iterations):
+            # Replace the oldest pooled volume every RENDER_EVERY iterations: a volume serves several patches.
+            if it > 0 and it % RENDER_EVERY == 0:
+                pool = [*pool[1:], render(it)]
+            picks = rng.choice(len(pool), size=BATCH_SIZE, replace=False)
+            early = EARLY_PATCH_SIZE is not None and it < EARLY_FRACTION * iterations
+            patch_size = EARLY_PATCH_SIZE if early else dm.PATCH_SIZE
+            patches = [sample_patch(pool[int(p)], rng, patch_size) for p in picks]
+            x = torch.from_numpy(np.stack([p[0] for p in patches]))[:, None]
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            y = torch.from_numpy(np.stack([p[1] for p in patches]))
+            lr = LEARNING_RATE * min(1.0, (it + 1) / WARMUP_ITERATIONS) * (1 - it / iterations) ** 0.9
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss = step_loss(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if (it + 1) % log_every == 0 or it + 1 == iterations:
+                log.info(
+                    "iteration %d/%d loss %.4f (mean of last %d) lr %.2e volumes %d wall %.0f s cpu %.0f s",
+                    it + 1,
+                    iterations,
+                    float(np.mean(losses[-log_every:])),
+                    log_every,
+                    lr,
+                    len(shapes),
+                    time.perf_counter() - wall0,
+                    time.process_time() - cpu0,
+                )
     stats = {
         "wall_s": time.perf_counter() - wall0,
         "cpu_s": time.process_time() - cpu0,
