@@ -82,7 +82,7 @@ class Variant:
     channels_last: bool
     loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
     compiled: bool = False  # torch.compile of the network (loss outside the graph)
-    training_form: bool = False  # the script's training form and loss compiled with the network
+    training_form: bool = False  # the script's training form and its loss compiled with it (``loss`` unused)
     patch: tuple[int, int, int] = dm.PATCH_SIZE
 
 

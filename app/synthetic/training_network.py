@@ -56,8 +56,9 @@ def training_form(network: nn.Module) -> Iterator[nn.Module]:
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.InstanceNorm3d):
-                form = swapped.setdefault(id(child), InstanceNormForTraining(child))
-                setattr(parent, name, form)
+                if id(child) not in swapped:
+                    swapped[id(child)] = InstanceNormForTraining(child)
+                setattr(parent, name, swapped[id(child)])
                 replaced.append((parent, name, child))
     try:
         yield network
