@@ -40,30 +40,71 @@ class InstanceNormForTraining(nn.Module):
         self.weight, self.bias, self.eps = norm.weight, norm.bias, float(norm.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # statistics in float32 also behind a bfloat16 convolution
         var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
 
 
+class Float32(nn.Module):
+    """``module`` with autocast off: its input cast to float32, its computation in float32."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.module(x.float())
+
+
+class BFloat16Convolutions(nn.Module):
+    """``network`` under autocast to bfloat16: convolutions in bfloat16 (oneDNN's AVX512-BF16 kernels on
+    CPU), everything autocast keeps in float32 (and the norms, see :class:`InstanceNormForTraining`) in
+    float32; parameters and their gradients stay float32."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.network(x)
+
+
 @contextmanager
-def training_form(network: nn.Module) -> Iterator[nn.Module]:
+def training_form(network: nn.Module, bfloat16: bool = False) -> Iterator[nn.Module]:
     """Within the block, every ``nn.InstanceNorm3d`` of ``network`` is replaced by an
     :class:`InstanceNormForTraining` sharing its parameters (a module reached under two names, as
     ``ConvDropoutNormReLU.norm`` and ``.all_modules[1]`` are, gets one replacement); afterwards the original
-    modules are back, so ``network`` and its ``state_dict`` are nnU-Net's again."""
+    modules are back, so ``network`` and its ``state_dict`` are nnU-Net's again. Yields the module to train:
+    ``network``, or with ``bfloat16`` :class:`BFloat16Convolutions` of it.
+
+    With ``bfloat16`` the deepest encoder stage stays in float32 (:class:`Float32`): on this host's torch
+    2.13 CPU build, oneDNN's bfloat16 weight gradient of its 80-channel convolutions on 2x3x3 and 3x4x4
+    inputs came back with values up to 1e34 in some calls and not in others (the same step repeated), so the
+    runs were neither finite nor reproducible; the stage holds 1/4096 of the voxels, so float32 there costs
+    nothing measurable. Every other parameter gradient was finite and the runs were repeatable with it."""
     swapped: dict[int, nn.Module] = {}
     replaced: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def swap(parent: nn.Module, name: str, replacement: nn.Module) -> None:
+        replaced.append((parent, name, getattr(parent, name)))
+        setattr(parent, name, replacement)
+
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.InstanceNorm3d):
                 if id(child) not in swapped:
                     swapped[id(child)] = InstanceNormForTraining(child)
-                setattr(parent, name, swapped[id(child)])
-                replaced.append((parent, name, child))
+                swap(parent, name, swapped[id(child)])
+    if bfloat16:
+        stages = network.encoder.stages
+        swap(stages, str(len(stages) - 1), Float32(stages[-1]))
     try:
-        yield network
+        yield BFloat16Convolutions(network) if bfloat16 else network
     finally:
-        for parent, name, child in replaced:
+        for parent, name, child in reversed(replaced):
             setattr(parent, name, child)
 
 
@@ -109,7 +150,8 @@ def compiled_loss(
     network: nn.Module, n_classes: int, compile_graph: bool
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``(x, y) -> deep_supervision_loss(network(x), y)``, compiled into one graph per input shape when
-    ``compile_graph`` (the network's parameters are shared, not copied); call it inside :func:`training_form`."""
+    ``compile_graph`` (the network's parameters are shared, not copied); ``network`` is what
+    :func:`training_form` yields."""
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return deep_supervision_loss(network(x), y, n_classes)
