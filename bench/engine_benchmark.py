@@ -252,10 +252,9 @@ ENGINES = ("engine", "engine_compiled")
 # ------------------------------------------------------------------------------------------------- driver
 
 
-def run_case(name: str, workdir: Path, tools: list[str], repeat: int = 1) -> dict:
-    case = workdir / name
-    case.mkdir(parents=True, exist_ok=True)
-    spec = prepare_demo(case) if name == "demo" else prepare_standin(case)
+def write_case_input(case: Path, spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Move a prepared case's image out of ``spec`` into ``case/input.nii.gz``, the one file every tool reads;
+    returns (image, affine_lps)."""
     image, affine = spec.pop("image"), spec.pop("affine_lps")
     nib.save(
         Volume(
@@ -267,6 +266,14 @@ def run_case(name: str, workdir: Path, tools: list[str], repeat: int = 1) -> dic
         ).to_nifti(),
         case / "input.nii.gz",
     )
+    return image, affine
+
+
+def run_case(name: str, workdir: Path, tools: list[str], repeat: int = 1) -> dict:
+    case = workdir / name
+    case.mkdir(parents=True, exist_ok=True)
+    spec = prepare_demo(case) if name == "demo" else prepare_standin(case)
+    image, affine = write_case_input(case, spec)
     (case / "spec.json").write_text(json.dumps(spec))
     results: dict = {
         "case": name,

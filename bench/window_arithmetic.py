@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.engine_benchmark import _volume_from_nifti, prepare_demo  # noqa: E402
+from bench.engine_benchmark import _volume_from_nifti, prepare_demo, write_case_input  # noqa: E402
 from operators.model_profile import load_profile  # noqa: E402
 from operators.segmentation_engine import SegmentationEngine  # noqa: E402
 from operators.sliding_window import EagerArithmetic  # noqa: E402
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     case = workdir / "demo"
     case.mkdir(parents=True, exist_ok=True)
     spec = prepare_demo(case)
+    write_case_input(case, spec)
     volume = _volume_from_nifti(case / "input.nii.gz")
     engine = SegmentationEngine(
         load_profile(spec["profile"]), spec["models"], device="cpu", compile_cache=case / "compile_cache"

@@ -61,14 +61,14 @@ CURRICULUM_FRACTION = 0.2
 TRAIN_SEED_RANGE = (0, 500_000)
 EVAL_SEED_BASE = 900_000  # evaluation phantoms use seeds from here on; training never draws them
 
-DEFAULT_ITERATIONS = 7000
+DEFAULT_ITERATIONS = 9500
 DEFAULT_SEED = 20261124
 # Batch 2, not 1: at batch 1 PyTorch's CPU convolution takes its slow im2col path (slow_conv3d) for every
 # layer below full resolution (N*C*D*H <= 20480), at batch 2 oneDNN throughout: 0.44 s per sample instead of
 # 0.61. Held-out mean Dice 0.70 in 1537 s at Adam 2e-3 (batch 1, 2600 iterations: 0.69 in 1851 s).
-# 7000 iterations (5600 on the small early patches): about 1350 s on this 2-core CPU with the one-convolution
-# decoder (N_CONV_PER_STAGE*), channels-last convolutions and network and loss compiled in their training
-# form (COMPILE_NETWORK).
+# 9500 iterations (7600 on the small early patches): about 1360 s on this 2-core CPU at its usual speed with
+# the one-convolution decoder (N_CONV_PER_STAGE*), channels-last convolutions, network and loss compiled in
+# their training form (COMPILE_NETWORK) and bfloat16 convolutions (BFLOAT16_CONVOLUTIONS).
 BATCH_SIZE = 2
 # Progressive patch size: the first EARLY_FRACTION of the iterations train on smaller patches (None = off);
 # the network is fully convolutional. A step on 32x48x48 costs 0.23-0.41x one on 48x64x64 in three
@@ -88,7 +88,10 @@ POOL_SIZE = 12  # rendered volumes kept for patch sampling
 # priority (torch's two threads leave part of the two cores idle) took 2-8 % off the wall time: not kept.
 # (2026-12-02: a render 0.42 s, an early step 0.14-0.16 s with it, so rendering is about a fifth of an early
 # step again; the process keeps 1.8-1.9 cores busy, so a background thread has little idle time to fill.)
-RENDER_EVERY = 12
+# 2026-12-03, with the 16-feature network in bfloat16: a render 0.24 s, an early step 0.105 s without it, so
+# every 12 iterations rendering was 16 % of an early step; every 24 it is 9 %, and a run of 9500 iterations
+# still renders about 400 phantoms (48 patches each).
+RENDER_EVERY = 24
 # After the curriculum, a realistic training contrast has its tissue intensities passed through a random
 # curve with this probability, so that tissue orderings all training contrasts share are not taken for
 # anatomy: the disc is never brighter than the vertebra in t1, pd, dixon_water or dixon_fat, but is in t2 and
@@ -96,6 +99,12 @@ RENDER_EVERY = 12
 # later runs with curves (at 0.3 and 0.5) got 0.27-0.33 again, so the discs still depend on the draw.
 CURVE_PROBABILITY = 0.3
 CURVE_KNOTS = 5
+# A "random" training contrast has each tissue, with this probability, take another tissue's intensity
+# (coincident_contrast). In held-out contrasts neighbours can be nearly iso-intense (t2: kidney 0.62 and
+# stomach 0.75 against fat 0.70), which independent random intensities almost never are: held-out t2 kidneys
+# 0.73-0.86 and stomach 0.76-0.80 with the 16-feature network before. With it (9500 iterations, otherwise the
+# same command): held-out mean Dice 0.886 -> 0.888, kidneys 0.84/0.82 -> 0.85/0.84, stomach 0.85 -> 0.87.
+COINCIDENCE_PROBABILITY = 0.25
 MARGIN_PROBABILITY = 0.7  # per uncropped side of the field of view: air added beyond the body ...
 MARGIN_MM = 30.0  # ... at most this much (see field_of_view)
 FOREGROUND_FRACTION = 0.6  # patches centred on a voxel of a randomly chosen structure
@@ -121,11 +130,11 @@ WARMUP_ITERATIONS = 30
 # (``--no-compile`` off).
 COMPILE_NETWORK = True
 # Convolutions in bfloat16 (CPU autocast; oneDNN uses the AVX512-BF16 instructions of this host's Zen 4
-# cores); norms, loss, parameters and gradients in float32 (training_network.training_form). Off: the committed
-# weights were trained in float32. Measured 2026-12-02: a step of the 16-feature full-resolution network
-# 0.70x (32x48x48) and 0.76x (48x64x64) as long side by side; 8500 iterations of that network took 1839 s
-# (over the 1800 s budget) for held-out mean Dice 0.887, every structure >= 0.80 (models/demo/README.md).
-BFLOAT16_CONVOLUTIONS = False
+# cores); norms, loss, parameters and gradients in float32 (training_network.training_form). Measured
+# 2026-12-02: a step of the 16-feature full-resolution network 0.70x (32x48x48) and 0.76x (48x64x64) as long
+# as in float32, side by side. The committed weights were trained with it, so it stays on for every CPU; one
+# without native bfloat16 (see bfloat16_is_native) trains the same function much more slowly.
+BFLOAT16_CONVOLUTIONS = True
 
 
 class TrainingError(dm.DemoModelError):
@@ -179,6 +188,18 @@ def curved_contrast(contrast, rng: np.random.Generator):
     return replace(contrast, intensities=tuple(float(v) for v in np.interp(values, knots_x, knots_y)))
 
 
+def coincident_contrast(contrast, rng: np.random.Generator):
+    """``contrast`` with every non-air tissue, with probability COINCIDENCE_PROBABILITY, given the intensity
+    of another randomly chosen non-air tissue, so that neighbouring structures are sometimes iso-intense and
+    only their shape tells them apart."""
+    values = list(contrast.intensities)
+    tissues = [i for i, v in enumerate(values) if v > 0]
+    for i in tissues:
+        if rng.random() < COINCIDENCE_PROBABILITY:
+            values[i] = values[tissues[int(rng.integers(len(tissues)))]]
+    return replace(contrast, intensities=tuple(values))
+
+
 def field_of_view(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random training field of view (min and max corner, LPS mm) over the body's box ``[lo, hi]``: partial
     z coverage (slabs) and occasionally clipped body edges in x/y; each side left uncropped gets, with
@@ -220,6 +241,8 @@ def render_training_volume(
         curve_probability = CURVE_PROBABILITY
     if name != "random" and rng.random() < curve_probability:
         contrast = curved_contrast(contrast, rng)
+    if name == "random":
+        contrast = coincident_contrast(contrast, rng)
     bias = float(rng.uniform(0.0, 0.5))
     noise = float(rng.uniform(*NOISE_RANGE))
     image, labels = phantom_module.render(phantom, shape, affine, contrast, rng, bias=bias, noise=noise)
@@ -330,6 +353,15 @@ def _compile_sentence(compiled: bool) -> str:
     return "the network run eagerly (`--no-compile`)"
 
 
+def _precision_sentence() -> str:
+    if BFLOAT16_CONVOLUTIONS:
+        return (
+            "convolutions in bfloat16 (CPU autocast; norms, loss, parameters and gradients in float32, the "
+            "deepest encoder stage in float32)"
+        )
+    return "float32 throughout"
+
+
 def _contrast_shares() -> str:
     counts = Counter(TRAIN_CONTRASTS)
     return ", ".join(f"{name} {n}/{len(TRAIN_CONTRASTS)}" for name, n in sorted(counts.items()))
@@ -366,11 +398,12 @@ Command (run from the repository root):
     {command}
 
 Seed {args.seed}, {args.iterations} iterations of batch {BATCH_SIZE}, {args.threads} torch threads,
-{_compile_sentence(args.compiled)};
+{_compile_sentence(args.compiled)}, {_precision_sentence()};
 Adam at {LEARNING_RATE:g} with poly decay. Training contrasts, the share of volumes each:
 {_contrast_shares()} (the first {CURRICULUM_FRACTION:.0%} of the iterations: {", ".join(CURRICULUM_CONTRASTS)}
 only; afterwards a realistic contrast has its tissue intensities passed through a random piecewise-linear
-curve with probability {CURVE_PROBABILITY:g}); held out for evaluation:
+curve with probability {CURVE_PROBABILITY:g}, and in a "random" one each tissue takes another's intensity
+with probability {COINCIDENCE_PROBABILITY:g}); held out for evaluation:
 {", ".join(HELDOUT_CONTRASTS)} and phantom seeds >= {EVAL_SEED_BASE}. Fields of view: random slabs and clipped
 body edges, and on each uncropped side, with probability {MARGIN_PROBABILITY:g}, up to {MARGIN_MM:g} mm of air
 beyond the body. {_early_patch_sentence()}
@@ -387,6 +420,16 @@ Evaluate on held-out phantoms and contrasts (exits non-zero below mean Dice 0.90
 {sum_lines}
 ```
 """
+
+
+def bfloat16_is_native(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX-BF16, as /proc/cpuinfo lists them); where it
+    has not, oneDNN emulates bfloat16 convolutions, and a training step is slower than in float32."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def require_cxx_compiler() -> None:
@@ -423,6 +466,12 @@ def train(
         compile_network = COMPILE_NETWORK
     if compile_network:
         require_cxx_compiler()
+    if BFLOAT16_CONVOLUTIONS and not bfloat16_is_native():
+        log.warning(
+            "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): the bfloat16 training convolutions "
+            "the committed weights were trained with are emulated, and training takes longer than the "
+            "documented time"
+        )
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
