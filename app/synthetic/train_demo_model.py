@@ -66,7 +66,7 @@ DEFAULT_SEED = 20261124
 # Batch 2, not 1: at batch 1 PyTorch's CPU convolution takes its slow im2col path (slow_conv3d) for every
 # layer below full resolution (N*C*D*H <= 20480), at batch 2 oneDNN throughout: 0.44 s per sample instead of
 # 0.61. Held-out mean Dice 0.70 in 1537 s at Adam 2e-3 (batch 1, 2600 iterations: 0.69 in 1851 s).
-# 9500 iterations (7600 on the small early patches): about 1360 s on this 2-core CPU at its usual speed with
+# 9500 iterations (7600 on the small early patches): 1281-1361 s on this 2-core CPU at its usual speed with
 # the one-convolution decoder (N_CONV_PER_STAGE*), channels-last convolutions, network and loss compiled in
 # their training form (COMPILE_NETWORK) and bfloat16 convolutions (BFLOAT16_CONVOLUTIONS).
 BATCH_SIZE = 2
@@ -133,7 +133,7 @@ COMPILE_NETWORK = True
 # cores); norms, loss, parameters and gradients in float32 (training_network.training_form). Measured
 # 2026-12-02: a step of the 16-feature full-resolution network 0.70x (32x48x48) and 0.76x (48x64x64) as long
 # as in float32, side by side. The committed weights were trained with it, so it stays on for every CPU; one
-# without native bfloat16 (see bfloat16_is_native) trains the same function much more slowly.
+# without native bfloat16 (see bfloat16_is_native) has oneDNN emulate it, at a speed not measured here.
 BFLOAT16_CONVOLUTIONS = True
 
 
@@ -424,7 +424,8 @@ Evaluate on held-out phantoms and contrasts (exits non-zero below mean Dice 0.90
 
 def bfloat16_is_native(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX-BF16, as /proc/cpuinfo lists them); where it
-    has not, oneDNN emulates bfloat16 convolutions, and a training step is slower than in float32."""
+    has not, oneDNN emulates the bfloat16 convolutions: the documented training time does not hold, and the
+    weights may differ in their last bits from the committed ones."""
     try:
         flags = set(cpuinfo.read_text().split())
     except OSError:
@@ -469,8 +470,8 @@ def train(
     if BFLOAT16_CONVOLUTIONS and not bfloat16_is_native():
         log.warning(
             "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): the bfloat16 training convolutions "
-            "the committed weights were trained with are emulated, and training takes longer than the "
-            "documented time"
+            "the committed weights were trained with are emulated, so the documented training time does not "
+            "hold and the weights may differ from the committed ones"
         )
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
