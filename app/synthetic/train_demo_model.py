@@ -239,10 +239,10 @@ def render_training_volume(
     contrast = phantom_module.contrast(name, rng)
     if curve_probability is None:
         curve_probability = CURVE_PROBABILITY
-    if name != "random" and rng.random() < curve_probability:
-        contrast = curved_contrast(contrast, rng)
     if name == "random":
         contrast = coincident_contrast(contrast, rng)
+    elif rng.random() < curve_probability:
+        contrast = curved_contrast(contrast, rng)
     bias = float(rng.uniform(0.0, 0.5))
     noise = float(rng.uniform(*NOISE_RANGE))
     image, labels = phantom_module.render(phantom, shape, affine, contrast, rng, bias=bias, noise=noise)
