@@ -121,6 +121,42 @@ def test_training_grid_is_the_engines_canonical_frame():
     assert liver_i > spleen_i
 
 
+@pytest.mark.parametrize("plane", range(len(tdm.ACQUISITION_PLANES)))
+def test_acquired_training_image_is_the_engines_resampling_and_its_grid_is_where_the_labels_are(plane):
+    """An acquired training volume is resampled as the engine resamples a series (same values), and the grid
+    its labels are sampled on is where that image's anatomy is: shifting it by half a voxel along any axis
+    fits the image worse."""
+    from app.synthetic.acquisition import Acquisition, acquisition_grid
+    from operators.resampling import image_to_spacing
+
+    ph = phantom.TorsoPhantom(7)
+    lo, hi = tdm._extent_bounds(ph.extent_lps)
+    row, col = tdm.ACQUISITION_PLANES[plane]
+    shape, affine = acquisition_grid((lo, hi), Acquisition("test", row, col, (2.0, 2.0, 5.0)), 0.0)
+    t1 = phantom.contrast("t1", np.random.default_rng(0))
+    image, _ = phantom.render(ph, shape, affine, t1, np.random.default_rng(1), bias=0.0, noise=0.0)
+    stored = np.round(image * 1000.0).astype(np.float32)
+    model, model_affine = tdm.to_model_grid(stored, affine)
+
+    canonical = to_closest_canonical(stored, LPS_TO_RAS @ affine)
+    engine, _ = image_to_spacing(canonical.array, canonical.spacing, np.full(3, 3.0), "int32_truncate")
+    assert np.array_equal(model, engine)
+    assert np.allclose(np.linalg.norm(model_affine[:3, :3], axis=0), 3.0, atol=0.1)
+
+    table = np.asarray(t1.intensities)
+
+    def fit(shift_axis: int, shift: float) -> float:
+        shifted = model_affine.copy()
+        shifted[:3, 3] += model_affine[:3, shift_axis] * shift
+        tissue, _ = ph.classify_grid(model.shape, shifted)
+        return float(np.corrcoef(model.ravel(), table[tissue].ravel())[0, 1])
+
+    aligned = fit(0, 0.0)
+    assert aligned > 0.9
+    for axis in range(3):
+        assert fit(axis, -0.5) < aligned and fit(axis, 0.5) < aligned
+
+
 @pytest.mark.parametrize("margin_probability", [0.0, 1.0])
 def test_field_of_view_crops_or_adds_air_beyond_the_body_never_both(monkeypatch, margin_probability):
     """Each side of a training field of view is either cropped into the body or, when not, extended by at
@@ -393,15 +429,15 @@ def test_nnunet_predictor_loads_the_folder_and_agrees_with_the_engine():
 # used in training), minus a margin: a floor against regressions in the engine's geometry (orientation,
 # laterality, resampling) or a worse checkpoint. It is NOT the issue's accuracy target (mean 0.90, every
 # structure 0.80), which the committed weights do not reach; see models/demo/README.md.
-# Measured (this case, 2026-12-03 weights): mean 0.891; liver 0.947, gallbladder 0.936, kidneys R/L
-# 0.851/0.909, lungs L/R 0.943/0.941, spinal cord 0.814, heart 0.950, vertebrae 0.752, discs 0.744, autochthon
-# L/R 0.882/0.902, iliopsoas L/R 0.911/0.913. Left/right pairs guard laterality. Floors are 0.1 below the
-# measured values.
+# Measured (this case, the weights of 2026-12-03 trained with acquired volumes): mean 0.889; liver 0.945,
+# gallbladder 0.908, kidneys R/L 0.854/0.878, lungs L/R 0.939/0.931, spinal cord 0.767, heart 0.948, vertebrae
+# 0.789, discs 0.802, autochthon L/R 0.898/0.905, iliopsoas L/R 0.905/0.915. Left/right pairs guard laterality.
+# Floors are 0.1 below the measured values.
 HELD_OUT_FLOOR = {
-    1: 0.83, 2: 0.75, 3: 0.81, 4: 0.84, 5: 0.85, 6: 0.8, 10: 0.84, 11: 0.84, 19: 0.65,
-    20: 0.64, 21: 0.71, 22: 0.85, 23: 0.79, 24: 0.82, 46: 0.78, 47: 0.8, 48: 0.81, 49: 0.81,
+    1: 0.79, 2: 0.75, 3: 0.77, 4: 0.8, 5: 0.84, 6: 0.82, 10: 0.83, 11: 0.83, 19: 0.68, 20: 0.7, 21: 0.66,
+    22: 0.84, 23: 0.78, 24: 0.81, 46: 0.79, 47: 0.8, 48: 0.8, 49: 0.81,
 }  # fmt: skip
-HELD_OUT_MEAN_FLOOR = 0.79
+HELD_OUT_MEAN_FLOOR = 0.78
 
 
 @pytest.mark.slow
