@@ -343,6 +343,8 @@ def machine() -> dict:
     )
     return {
         "cpu": cpu,
+        # the vector instructions torch's CPU kernels use here (e.g. AVX2, AVX512): ratios depend on it
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "torch": torch.__version__,
