@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from app.synthetic import demo_model as dm
-from app.synthetic.acquisition import Acquisition, acquisition_grid
+from app.synthetic.acquisition import ACQUISITIONS, Acquisition, acquisition_grid
 from operators.canonical_orientation import to_closest_canonical
 from operators.resampling import corner_zoom, image_to_spacing
 from operators.volume import LPS_TO_RAS
@@ -122,7 +122,7 @@ COINCIDENCE_PROBABILITY = 0.25
 # 0.882 (discs 0.815); without: 0.888 with the discs at 0.766. An acquired volume costs about 1.2 s to
 # render and resample against 0.23 s, so training takes about 1460 s instead of 1280.
 ACQUISITION_PROBABILITY = 0.5
-ACQUISITION_PLANES = (((1, 0, 0), (0, 1, 0)), ((1, 0, 0), (0, 0, -1)), ((0, 1, 0), (0, 0, -1)))  # ax, cor, sag
+ACQUISITION_PLANES = tuple((a.row, a.col) for a in ACQUISITIONS)  # axial, coronal, sagittal slice planes
 ACQUISITION_PIXEL_MM = (1.2, 2.0)  # in-plane pixel size
 ACQUISITION_SLICE_MM = (3.0, 6.0)  # slice spacing
 MARGIN_PROBABILITY = 0.7  # per uncropped side of the field of view: air added beyond the body ...
