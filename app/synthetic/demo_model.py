@@ -33,8 +33,15 @@ MODEL_SUBFOLDER = f"{TRAINER_NAME}__{PLANS_NAME}__{CONFIGURATION}"
 FOLD = 0
 CHECKPOINT_NAME = "checkpoint_final.pth"
 
+# 3 mm: a perfect model scores 0.956 held-out behind this resampling (2.5 mm: 0.966, 2 mm: 0.975), but the
+# network needs the context of the 3 mm patch. At 2 mm with the same patch in voxels (96 x 128 x 128 mm),
+# trained for 9500 iterations, held-out mean Dice fell from 0.883 to 0.779 (liver 0.96 -> 0.74, stomach
+# 0.86 -> 0.56; 2026-12-03, models/demo/README.md).
 SPACING_MM = 3.0
-PATCH_SIZE = (48, 64, 64)  # [z, y, x] in network order: 144 x 192 x 192 mm at 3 mm
+# [z, y, x] in network order: 144 x 192 x 192 mm at 3 mm. Wider, 48 x 80 x 80 (also the late training
+# patch), gave 0.884 against 0.883 at 9500 iterations and took 2112 s to train instead of 1463 (2026-12-03):
+# not kept.
+PATCH_SIZE = (48, 64, 64)
 # 16 features at full resolution: the thin structures (discs, vertebrae, cord) are drawn there, and with 8 they
 # stayed near 0.75-0.79 held-out Dice however long the network trained (models/demo/README.md). Most of the
 # CPU cost is in that stage; bfloat16 training convolutions (train_demo_model.BFLOAT16_CONVOLUTIONS) pay for it.
