@@ -14,8 +14,11 @@ random generators passed in.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,10 +181,18 @@ class TorsoPhantom:
         b = self._b0 * (1.0 + self._kb[0] * zn + self._kb[1] * zn**2)
         return a, b
 
-    def _inside_outline(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, shrink: float) -> np.ndarray:
-        a, b = self._half_axes(z)
-        a, b = a - shrink, b - shrink
-        return (np.abs(x / a) ** self._p + np.abs(y / b) ** self._p <= 1.0) & (np.abs(z) <= self._half_length)
+    def _inside_outline(
+        self, x: np.ndarray, y: np.ndarray, z: np.ndarray, shrink: float, axes: tuple[np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """Inside the body outline shrunk by ``shrink`` mm; ``axes`` is ``_half_axes(z)``, computed once per
+        point for the four nested outlines."""
+        qx, qy = np.abs(x / (axes[0] - shrink)), np.abs(y / (axes[1] - shrink))
+        # |q|^p + |r|^p <= 1 needs |q| <= 1 and |r| <= 1 (pow(q, p) > 1 for q > 1, p > 1): the costly powers
+        # only where both hold, with the same result everywhere
+        inside = (qx <= 1.0) & (qy <= 1.0) & (np.abs(z) <= self._half_length)
+        candidates = np.nonzero(inside)[0]
+        inside[candidates] = qx[candidates] ** self._p + qy[candidates] ** self._p <= 1.0
+        return inside
 
     def _body_extent(self) -> tuple[np.ndarray, np.ndarray]:
         zs = np.linspace(-self._half_length, self._half_length, 257)
@@ -431,12 +442,17 @@ class TorsoPhantom:
     # ---- classification ---------------------------------------------------------------------------------
 
     def _classify(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tissue class, label) for flat coordinate arrays."""
+        """(tissue class, label) for flat coordinate arrays. Every test is per point, so a point's class does
+        not depend on the other points passed with it (``_classify_grid`` relies on that)."""
         n = x.size
         tissue = np.zeros(n, dtype=np.uint8)
         label = np.zeros(n, dtype=np.uint8)
-        body = np.nonzero(self._inside_outline(x, y, z, 0.0))[0]
+        a, b = self._half_axes(z)
+        body = np.nonzero(self._inside_outline(x, y, z, 0.0, (a, b)))[0]
+        if body.size == 0:
+            return tissue, label
         bx, by, bz = x[body], y[body], z[body]
+        axes = (a[body], b[body])
         zone = np.full(body.size, _ZONE_SUBCUTANEOUS, dtype=np.uint8)
         inner = np.arange(body.size)
         for level, shrink in (
@@ -444,7 +460,8 @@ class TorsoPhantom:
             (_ZONE_CAVITY, self._fat + self._wall),
             (_ZONE_INNER_CHEST, self._fat + self._wall + _INNER_CHEST_MARGIN),
         ):  # nested outlines: test each only on the points inside the previous one
-            inner = inner[self._inside_outline(bx[inner], by[inner], bz[inner], shrink)]
+            inside = self._inside_outline(bx[inner], by[inner], bz[inner], shrink, (axes[0][inner], axes[1][inner]))
+            inner = inner[inside]
             zone[inner] = level
         t = np.choose(
             np.minimum(zone, _ZONE_CAVITY) - 1,
@@ -453,22 +470,57 @@ class TorsoPhantom:
             ),
         ).astype(np.uint8)
         lab = np.zeros(body.size, dtype=np.uint8)
+        # The box of these points decides most parts' box tests at once: a part whose box misses it is skipped,
+        # one whose box holds it is tested on every point without the per-point box test.
+        lo = np.array([bx.min(), by.min(), bz.min()])
+        hi = np.array([bx.max(), by.max(), bz.max()])
         for part in self._parts:
-            near = np.nonzero(
-                (bx >= part.lo[0])
-                & (bx <= part.hi[0])
-                & (by >= part.lo[1])
-                & (by <= part.hi[1])
-                & (bz >= part.lo[2])
-                & (bz <= part.hi[2])
-            )[0]
-            if near.size == 0:
+            if np.any(part.lo > hi) or np.any(part.hi < lo):
                 continue
-            hit = near[part.inside(bx[near], by[near], bz[near], zone[near])]
+            if np.all(part.lo <= lo) and np.all(part.hi >= hi):
+                hit = np.nonzero(part.inside(bx, by, bz, zone))[0]
+            else:
+                near = np.nonzero(
+                    (bx >= part.lo[0])
+                    & (bx <= part.hi[0])
+                    & (by >= part.lo[1])
+                    & (by <= part.hi[1])
+                    & (bz >= part.lo[2])
+                    & (bz <= part.hi[2])
+                )[0]
+                if near.size == 0:
+                    continue
+                hit = near[part.inside(bx[near], by[near], bz[near], zone[near])]
             t[hit] = part.tissue
             lab[hit] = part.label
         tissue[body] = t
         label[body] = lab
+        return tissue, label
+
+    def _classify_grid(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tissue classes, labels) of a voxel grid given its LPS coordinate arrays (all of the grid's shape).
+
+        Classified in blocks of about GRID_BLOCK voxels a side on a thread pool: a block is compact in space, so
+        its box rules out most parts (``_classify``), and NumPy releases the GIL in the array arithmetic. The
+        result is the same as classifying all points at once, since every test is per point."""
+        shape = x.shape
+        tissue = np.empty(shape, dtype=np.uint8)
+        label = np.empty(shape, dtype=np.uint8)
+
+        def classify(block: tuple[slice, ...]) -> None:
+            t, lab = self._classify(x[block].ravel(), y[block].ravel(), z[block].ravel())
+            sub = tissue[block].shape
+            tissue[block], label[block] = t.reshape(sub), lab.reshape(sub)
+
+        blocks = list(_grid_blocks(shape, GRID_BLOCK))
+        workers = min(len(blocks), _cpu_count())
+        if workers <= 1:
+            for block in blocks:
+                classify(block)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(classify, blocks):  # re-raises a block's exception here
+                    pass
         return tissue, label
 
     @staticmethod
@@ -492,9 +544,7 @@ class TorsoPhantom:
         self, shape: tuple[int, int, int], affine_lps: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(tissue classes, labels), both uint8 arrays of ``shape`` on the grid (see ``sample_grid``)."""
-        x, y, z = grid_coordinates(shape, affine_lps)
-        tissue, label = self._classify(x.ravel(), y.ravel(), z.ravel())
-        return tissue.reshape(x.shape), label.reshape(x.shape)
+        return self._classify_grid(*_full_grid_coordinates(shape, affine_lps))
 
     def sample_grid(self, shape: tuple[int, int, int], affine_lps: np.ndarray) -> np.ndarray:
         """Labels (uint8) at voxel centres: ``out[i, j, k]`` lies at ``affine_lps @ (i, j, k, 1)``."""
@@ -513,6 +563,34 @@ def grid_coordinates(
     i, j, k = np.ogrid[: int(shape[0]), : int(shape[1]), : int(shape[2])]
     coords = tuple(a[r, 0] * i + a[r, 1] * j + a[r, 2] * k + a[r, 3] for r in range(3))
     return coords  # type: ignore[return-value]
+
+
+def _full_grid_coordinates(
+    shape: tuple[int, int, int], affine_lps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``grid_coordinates`` as three arrays of the grid's full shape (a one-voxel axis broadcasts otherwise)."""
+    return tuple(np.broadcast_to(c, tuple(int(n) for n in shape)) for c in grid_coordinates(shape, affine_lps))
+
+
+GRID_BLOCK = 48  # voxels along each axis of a classification block (about 110 000 points)
+
+
+def _grid_blocks(shape: tuple[int, ...], side: int):
+    """Index tuples of slices tiling ``shape`` with blocks of at most ``side`` voxels a side, equal in size
+    along each axis to within one voxel."""
+    cuts = []
+    for n in shape:
+        pieces = max(1, -(-int(n) // side))
+        edges = np.linspace(0, int(n), pieces + 1).round().astype(int)
+        cuts.append([slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return itertools.product(*cuts)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------------- contrasts
@@ -693,41 +771,53 @@ def contrast(name: str, rng: np.random.Generator) -> Contrast:
 # --------------------------------------------------------------------------------------------- rendering
 
 
-def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, cell: float) -> np.ndarray:
-    """Zero-mean, unit-std random field varying over about ``cell`` voxels (coarse noise, upsampled)."""
+def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, cell: float) -> Callable[[], np.ndarray]:
+    """Zero-mean, unit-std random field varying over about ``cell`` voxels (coarse noise, upsampled).
+
+    Draws the coarse noise now and returns the upsampling, which draws nothing, to run when (and on whichever
+    thread) the caller likes."""
     coarse_shape = tuple(max(2, int(np.ceil(n / cell)) + 1) for n in shape)
     coarse = rng.standard_normal(coarse_shape).astype(np.float32)
-    field = ndimage.zoom(
-        coarse,
-        [n / c for n, c in zip(shape, coarse_shape, strict=True)],
-        order=1,
-        grid_mode=True,
-        mode="nearest",
-    )
-    field = field[tuple(slice(0, n) for n in shape)]
-    std = float(field.std())
-    return (field - field.mean()) / (std if std > 0 else 1.0)
+
+    def upsample() -> np.ndarray:
+        field = ndimage.zoom(
+            coarse,
+            [n / c for n, c in zip(shape, coarse_shape, strict=True)],
+            order=1,
+            grid_mode=True,
+            mode="nearest",
+        )
+        field = field[tuple(slice(0, n) for n in shape)]
+        std = float(field.std())
+        return (field - field.mean()) / (std if std > 0 else 1.0)
+
+    return upsample
 
 
 def _bias_field(
     x: np.ndarray, y: np.ndarray, z: np.ndarray, rng: np.random.Generator, strength: float
-) -> np.ndarray:
-    """Smooth positive multiplicative field exp(strength * q) with q a random quadratic in space, |q| <= 1."""
-    centre = [float((c.min() + c.max()) / 2) for c in (x, y, z)]
-    ux, uy, uz = (((c - m) / 200.0).astype(np.float32) for c, m in zip((x, y, z), centre, strict=True))
-    # terms x, y, z, xy, xz, yz, x^2, y^2, z^2, factored (Horner-like) to keep temporaries few
+) -> Callable[[], np.ndarray]:
+    """Smooth positive multiplicative field exp(strength * q) with q a random quadratic in space, |q| <= 1.
+    Draws the coefficients now and returns the computation of the field (as :func:`_smooth_noise`)."""
     c = rng.standard_normal(9).astype(np.float32)
-    q = (
-        ux * (c[0] + c[3] * uy + c[4] * uz + c[6] * ux)
-        + uy * (c[1] + c[5] * uz + c[7] * uy)
-        + uz * (c[2] + c[8] * uz)
-    )
-    q = np.broadcast_to(q, np.broadcast_shapes(x.shape, y.shape, z.shape)).astype(np.float32)
-    q -= q.mean()
-    peak = float(np.abs(q).max())
-    if peak > 0:
-        q /= peak
-    return np.exp(strength * q).astype(np.float32)
+
+    def compute() -> np.ndarray:
+        centre = [float((v.min() + v.max()) / 2) for v in (x, y, z)]
+        ux, uy, uz = (((v - m) / 200.0).astype(np.float32) for v, m in zip((x, y, z), centre, strict=True))
+        # terms x, y, z, xy, xz, yz, x^2, y^2, z^2, factored (Horner-like) to keep temporaries few
+        q = (
+            ux * (c[0] + c[3] * uy + c[4] * uz + c[6] * ux)
+            + uy * (c[1] + c[5] * uz + c[7] * uy)
+            + uz * (c[2] + c[8] * uz)
+        )
+        q = np.broadcast_to(q, np.broadcast_shapes(x.shape, y.shape, z.shape)).astype(np.float32)
+        q -= q.mean()
+        peak = float(np.abs(q).max())
+        if peak > 0:
+            q /= peak
+        return np.exp(strength * q).astype(np.float32)
+
+    return compute
 
 
 def render(
@@ -765,11 +855,16 @@ def render_many(
     if bias < 0 or noise < 0:
         raise PhantomError("bias and noise must be non-negative")
     shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-    x, y, z = grid_coordinates(shape, affine_lps)
-    tissue, labels = phantom._classify(*(np.broadcast_to(c, shape).ravel() for c in (x, y, z)))
-    tissue, labels = tissue.reshape(shape), labels.reshape(shape)
-    texture = np.clip(_smooth_noise(shape, rng, cell=4.0), -3, 3)
-    field = _bias_field(x, y, z, rng, bias) if bias > 0 else None
+    x, y, z = _full_grid_coordinates(shape, affine_lps)
+    # The random draws in their fixed order first; the texture and bias fields, which draw nothing more, are
+    # computed on another thread while the anatomy is classified.
+    texture_of = _smooth_noise(shape, rng, cell=4.0)
+    field_of = _bias_field(x, y, z, rng, bias) if bias > 0 else None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fields = pool.submit(lambda: (texture_of(), field_of() if field_of is not None else None))
+        tissue, labels = phantom._classify_grid(x, y, z)
+        texture, field = fields.result()
+    texture = np.clip(texture, -3, 3)
     images = []
     for c in contrasts:
         image = c.table[tissue]

@@ -38,6 +38,7 @@ from scipy import ndimage
 from app.synthetic import demo_model as dm
 from app.synthetic.acquisition import ACQUISITIONS, Acquisition, acquisition_grid
 from operators.canonical_orientation import to_closest_canonical
+from operators.glibc_malloc import keep_freed_blocks
 from operators.resampling import corner_zoom, image_to_spacing
 from operators.volume import LPS_TO_RAS
 
@@ -67,9 +68,10 @@ CURRICULUM_FRACTION = 0.2
 TRAIN_SEED_RANGE = (0, 500_000)
 EVAL_SEED_BASE = 900_000  # evaluation phantoms use seeds from here on; training never draws them
 
-# 15000 iterations (12000 on the early patches): held-out mean Dice 0.901, every structure >= 0.80, in 2139 s on
-# this 2-core CPU (2026-12-03, quiet host): OVER the 30-minute budget. 9500 iterations, 1463 s: 0.883; wider
-# patches or a finer grid in the same steps did not help (app/synthetic/demo_model.py), more steps did.
+# 15000 iterations (12000 on the early patches): held-out mean Dice 0.901, every structure >= 0.80, in 1841 s on
+# this 2-core CPU (2026-12-03 evening, quiet host, cold compile cache; 2139 s before the byte-identical speed-ups
+# of that evening): OVER the 30-minute budget by 41 s. 9500 iterations, 1463 s: 0.883; wider patches or a finer
+# grid in the same steps did not help (app/synthetic/demo_model.py), more steps did.
 DEFAULT_ITERATIONS = 15000
 DEFAULT_SEED = 20261124
 # Batch 2, not 1: at batch 1 PyTorch's CPU convolution takes its slow im2col path (slow_conv3d) for every
@@ -90,6 +92,8 @@ BATCH_SIZE = 2
 # (an early step measured 0.27-0.34 s with rendering, a full one 0.6-0.67 s, in these runs; compiled, see
 # COMPILE_NETWORK, 0.20-0.23 s and 0.41-0.46 s; in the training form 0.14-0.16 s and 0.34-0.38 s).
 EARLY_PATCH_SIZE: tuple[int, int, int] | None = (32, 48, 48)
+# 0.85 (2026-12-03 evening, otherwise the documented command): held-out mean Dice 0.898 instead of 0.901,
+# in 1838 s on a host 10 % slower that evening (the identical first 12000 steps took 1206 s instead of 1089).
 EARLY_FRACTION = 0.8
 POOL_SIZE = 12  # rendered volumes kept for patch sampling
 # Iterations between two freshly rendered volumes (24 patches per volume). A render costs 0.62 s on one core,
@@ -101,6 +105,10 @@ POOL_SIZE = 12  # rendered volumes kept for patch sampling
 # 2026-12-03, with the 16-feature network in bfloat16: a render 0.24 s, an early step 0.105 s without it, so
 # every 12 iterations rendering was 16 % of an early step; every 24 it is 9 %, and a run of 9500 iterations
 # still renders about 400 phantoms (48 patches each).
+# 2026-12-03 evening: rendering the next volume on a thread during the step before it (the generator's draws in
+# the same order, weights byte-identical) made 600-iteration runs slower, 85-92 s against 81-83 s: the step
+# keeps both cores busy. Classifying the anatomy in blocks on two threads (phantom._classify_grid) took a
+# render from 0.45-0.51 s to 0.26-0.27 s instead (with KEEP_FREED_BLOCKS; 40 volumes, same SHA-256).
 RENDER_EVERY = 24
 # After the curriculum, a realistic training contrast has its tissue intensities passed through a random
 # curve with this probability, so that tissue orderings all training contrasts share are not taken for
@@ -158,6 +166,11 @@ COMPILE_NETWORK = True
 # as in float32, side by side. The committed weights were trained with it, so it stays on for every CPU; one
 # without native bfloat16 (see bfloat16_is_native) has oneDNN emulate it, at a speed not measured here.
 BFLOAT16_CONVOLUTIONS = True
+# Keep freed blocks in glibc's heap (operators.glibc_malloc): every step allocates and frees the same
+# activations, and glibc otherwise maps and page-faults the large ones in anew each time. In the full run
+# (2026-12-03) the last 2000 steps (48x64x64) took 873 CPU-seconds instead of 1087, the early ones the same;
+# the weights are byte-identical with it (allocation does not change arithmetic).
+KEEP_FREED_BLOCKS = True
 
 
 class TrainingError(dm.DemoModelError):
@@ -538,6 +551,8 @@ def train(
             "the committed weights were trained with are emulated, so the documented training time does not "
             "hold and the weights may differ from the committed ones"
         )
+    if KEEP_FREED_BLOCKS:
+        keep_freed_blocks()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -554,7 +569,9 @@ def train(
         network.apply(network.initialize)
     # Channels-last: oneDNN convolves NDHWC without reordering every tensor (a step 0.77x as long).
     network = network.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
+    # foreach: one call per step for all parameters instead of one per tensor; the same arithmetic (parameters
+    # byte-identical after 200 steps side by side), a little less Python per step.
+    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE, foreach=True)
     n_params = sum(p.numel() for p in network.parameters())
     log.info("training %d classes, %d parameters, %d iterations", n_classes, n_params, iterations)
 
@@ -598,7 +615,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss = step_loss(x, y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0, foreach=True)
             optimizer.step()
             losses.append(float(loss.detach()))
             if (it + 1) % log_every == 0 or it + 1 == iterations:
