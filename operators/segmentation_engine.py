@@ -34,6 +34,7 @@ import torch
 
 from operators.canonical_orientation import to_closest_canonical
 from operators.compiled_network import CompiledNetworkCache, CompileKey, CompileUnavailableError
+from operators.cpu_count import available_cpu_count
 from operators.errors import InputError, TotalSegMRIError
 from operators.model_profile import ModelProfile, ProfileError, load_profile
 from operators.model_store import ModelFolderError, ResolvedPart, dataset_label_count, resolve_parts
@@ -93,13 +94,6 @@ class EngineRun:
     tiles: int = 0
     model_shape: tuple[int, int, int] | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def available_cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def choose_device(device: str | torch.device | None) -> torch.device:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from operators.cpu_count import available_cpu_count
 from operators.errors import TotalSegMRIError
 
 logger = logging.getLogger(__name__)
@@ -513,7 +513,7 @@ class TorsoPhantom:
             tissue[block], label[block] = t.reshape(sub), lab.reshape(sub)
 
         blocks = list(_grid_blocks(shape, GRID_BLOCK))
-        workers = min(len(blocks), _cpu_count())
+        workers = min(len(blocks), available_cpu_count())
         if workers <= 1:
             for block in blocks:
                 classify(block)
@@ -544,7 +544,7 @@ class TorsoPhantom:
         self, shape: tuple[int, int, int], affine_lps: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(tissue classes, labels), both uint8 arrays of ``shape`` on the grid (see ``sample_grid``)."""
-        return self._classify_grid(*_full_grid_coordinates(shape, affine_lps))
+        return self._classify_grid(*grid_coordinates(shape, affine_lps))
 
     def sample_grid(self, shape: tuple[int, int, int], affine_lps: np.ndarray) -> np.ndarray:
         """Labels (uint8) at voxel centres: ``out[i, j, k]`` lies at ``affine_lps @ (i, j, k, 1)``."""
@@ -565,13 +565,6 @@ def grid_coordinates(
     return coords  # type: ignore[return-value]
 
 
-def _full_grid_coordinates(
-    shape: tuple[int, int, int], affine_lps: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``grid_coordinates`` as three arrays of the grid's full shape (a one-voxel axis broadcasts otherwise)."""
-    return tuple(np.broadcast_to(c, tuple(int(n) for n in shape)) for c in grid_coordinates(shape, affine_lps))
-
-
 GRID_BLOCK = 48  # voxels along each axis of a classification block (about 110 000 points)
 
 
@@ -584,13 +577,6 @@ def _grid_blocks(shape: tuple[int, ...], side: int):
         edges = np.linspace(0, int(n), pieces + 1).round().astype(int)
         cuts.append([slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)])
     return itertools.product(*cuts)
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------------- contrasts
@@ -855,7 +841,7 @@ def render_many(
     if bias < 0 or noise < 0:
         raise PhantomError("bias and noise must be non-negative")
     shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-    x, y, z = _full_grid_coordinates(shape, affine_lps)
+    x, y, z = grid_coordinates(shape, affine_lps)
     # The random draws in their fixed order first; the texture and bias fields, which draw nothing more, are
     # computed on another thread while the anatomy is classified.
     texture_of = _smooth_noise(shape, rng, cell=4.0)
