@@ -12,11 +12,15 @@ side by side in one process (median of ``--repeat`` steps after one warm-up step
 - ``+channels_last``: also NDHWC (``channels_last_3d``) network and input;
 - ``+compiled_network``: also ``torch.compile`` of the network (nnU-Net's modules) and the training script's
   loss (``training_network.dice_ce_loss``) outside the compiled graph: the recipe until 2026-12-02;
-- ``demo_recipe``: the network in its training form and the loss compiled with it
-  (``training_network.training_form`` and ``compiled_loss``): what the script runs (compilation happens in
-  the untimed warm-up step);
-- ``+compiled_network_early``, ``demo_recipe_early``: those two on the smaller patches of the script's first
-  iterations (``train_demo_model.EARLY_PATCH_SIZE``).
+- ``demo_recipe_float32``: the network in its training form and the loss compiled with it
+  (``training_network.training_form`` and ``compiled_loss``; compilation happens in the untimed warm-up
+  step): what the script runs with ``--precision float32``, and with ``auto`` on a CPU without native
+  bfloat16;
+- ``demo_recipe``: also bfloat16 convolutions (``train_demo_model.BFLOAT16_CONVOLUTIONS``), as the committed
+  weights were trained; emulated by oneDNN, so about 100x slower, on a CPU without native bfloat16 (skipped
+  there unless ``--emulated-bfloat16``);
+- ``+compiled_network_early``, ``demo_recipe_float32_early``, ``demo_recipe_early``: those on the smaller
+  patches of the script's first iterations (``train_demo_model.EARLY_PATCH_SIZE``).
 
 The variants' steps are interleaved round by round (this host's speed drifts by tens of percent).
 
@@ -83,6 +87,7 @@ class Variant:
     loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
     compiled: bool = False  # torch.compile of the network (loss outside the graph)
     training_form: bool = False  # the script's training form and its loss compiled with it (``loss`` unused)
+    bfloat16: bool = False  # with training_form: convolutions in bfloat16
     patch: tuple[int, int, int] = dm.PATCH_SIZE
 
 
@@ -91,13 +96,20 @@ VARIANTS = {
     "one_conv_decoder": Variant(one_conv=True, channels_last=False, loss=one_hot_dice_ce),
     "+channels_last": Variant(one_conv=True, channels_last=True, loss=one_hot_dice_ce),
     "+compiled_network": Variant(one_conv=True, channels_last=True, loss=tn.dice_ce_loss, compiled=True),
-    "demo_recipe": Variant(
+    "demo_recipe_float32": Variant(
         one_conv=True, channels_last=True, loss=tn.dice_ce_loss, training_form=tdm.COMPILE_NETWORK
+    ),
+    "demo_recipe": Variant(
+        one_conv=True,
+        channels_last=True,
+        loss=tn.dice_ce_loss,
+        training_form=tdm.COMPILE_NETWORK,
+        bfloat16=tdm.BFLOAT16_CONVOLUTIONS,
     ),
 }
 if tdm.EARLY_PATCH_SIZE is not None:
-    VARIANTS["+compiled_network_early"] = replace(VARIANTS["+compiled_network"], patch=tdm.EARLY_PATCH_SIZE)
-    VARIANTS["demo_recipe_early"] = replace(VARIANTS["demo_recipe"], patch=tdm.EARLY_PATCH_SIZE)
+    for _name in ("+compiled_network", "demo_recipe_float32", "demo_recipe"):
+        VARIANTS[f"{_name}_early"] = replace(VARIANTS[_name], patch=tdm.EARLY_PATCH_SIZE)
 
 
 def step_function(variant: Variant, stack: ExitStack) -> Callable[[], None]:
@@ -114,8 +126,8 @@ def step_function(variant: Variant, stack: ExitStack) -> Callable[[], None]:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     if variant.training_form:
-        stack.enter_context(tn.training_form(net))
-        loss_of = tn.compiled_loss(net, N_CLASSES, compile_graph=True)
+        trained = stack.enter_context(tn.training_form(net, bfloat16=variant.bfloat16))
+        loss_of = tn.compiled_loss(trained, N_CLASSES, compile_graph=True)
     else:
         forward = torch.compile(net, dynamic=False) if variant.compiled else net
 
@@ -149,10 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=6, help="timed steps per variant")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the training script's default)")
+    parser.add_argument(
+        "--emulated-bfloat16",
+        action="store_true",
+        help="time the bfloat16 variants also on a CPU without native bfloat16 (about 16 s a step)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     variants = tuple(VARIANTS)
+    if not (tdm.bfloat16_is_native() or args.emulated_bfloat16):
+        variants = tuple(name for name in variants if not VARIANTS[name].bfloat16)
+        logger.info("no native bfloat16 on this CPU: bfloat16 variants skipped (--emulated-bfloat16 times them)")
     seconds = time_variants(variants, args.repeat)
     base = seconds["nnunet_default"]
     logger.info("%-24s %12s %10s", "variant", "s / sample", "ratio")

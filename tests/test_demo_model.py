@@ -293,6 +293,11 @@ def test_training_form_computes_the_networks_function_and_gives_it_back_unchange
     assert conv_block.norm is conv_block.all_modules[1]  # the shared module is shared again
 
 
+@pytest.mark.skipif(
+    not tdm.bfloat16_is_native(),
+    reason="no native bfloat16 on this CPU: training runs in float32 here (training_precision), and oneDNN's "
+    "emulated bfloat16 steps take about 40 s each (this test: 690 s on a 2-core Zen 3 EPYC)",
+)
 def test_bfloat16_training_form_is_finite_repeatable_and_close_to_float32():
     """The training script's bfloat16 convolutions (BFLOAT16_CONVOLUTIONS): the deepest encoder stage stays
     float32 (oneDNN's bfloat16 weight gradient there came back with values up to 1e34 in some calls, so runs
@@ -356,6 +361,10 @@ def test_training_is_deterministic_and_writes_a_complete_folder(tmp_path):
         in sums
     )
     assert not [p for p in out_a.parent.iterdir() if p.name != "demo"]  # no temporary folder left behind
+    # bfloat16 convolutions where this CPU has them natively, float32 where they would be emulated
+    readme = (out_a / "README.md").read_text()
+    assert ("convolutions in bfloat16" in readme) == tdm.bfloat16_is_native()
+    assert ("float32 throughout" in readme) != tdm.bfloat16_is_native()
 
 
 def test_curriculum_renders_only_its_contrasts_first_and_never_a_held_out_one(tmp_path, monkeypatch):
@@ -511,3 +520,28 @@ def test_bfloat16_is_native_reads_the_cpu_flags(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
     assert not tdm.bfloat16_is_native(cpuinfo)
     assert not tdm.bfloat16_is_native(tmp_path / "missing")
+
+
+def test_precision_auto_trains_in_float32_where_bfloat16_would_be_emulated(caplog):
+    # the committed recipe where the CPU has bfloat16; float32 (with a warning) where oneDNN would emulate it
+    assert tdm.BFLOAT16_CONVOLUTIONS
+    assert tdm.training_precision("auto", native=True) is True
+    assert not caplog.records
+    assert tdm.training_precision("auto", native=False) is False
+    assert "training the convolutions in float32" in caplog.text
+    caplog.clear()
+    assert tdm.training_precision("float32", native=True) is False
+    assert tdm.training_precision("bfloat16", native=False) is True
+    assert "emulates the bfloat16" in caplog.text
+    with pytest.raises(tdm.TrainingError, match="unknown precision 'half'"):
+        tdm.training_precision("half")
+
+
+def test_precision_is_on_the_command_line_and_in_the_model_readme(tmp_path, monkeypatch):
+    monkeypatch.setattr(tdm, "COMPILE_NETWORK", False)  # the README is the subject; compiling costs ~40 s
+    out = tmp_path / "demo"
+    assert tdm.main(["--out", str(out), "--iterations", "2", "--precision", "float32", "--no-compile"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "--precision float32" in readme and "float32 throughout" in readme and "bfloat16" not in readme
+    with pytest.raises(SystemExit):
+        tdm.main(["--out", str(out), "--precision", "half"])

@@ -163,9 +163,13 @@ COMPILE_NETWORK = True
 # Convolutions in bfloat16 (CPU autocast; oneDNN uses the AVX512-BF16 instructions of this host's Zen 4
 # cores); norms, loss, parameters and gradients in float32 (training_network.training_form). Measured
 # 2026-12-02: a step of the 16-feature full-resolution network 0.70x (32x48x48) and 0.76x (48x64x64) as long
-# as in float32, side by side. The committed weights were trained with it, so it stays on for every CPU; one
-# without native bfloat16 (see bfloat16_is_native) has oneDNN emulate it, at a speed not measured here.
+# as in float32, side by side. The committed weights were trained with it. A CPU without native bfloat16
+# (bfloat16_is_native; e.g. the Zen 3 EPYC hosts of 2026-12-06: AVX2, no AVX-512) has oneDNN emulate it, and
+# there a step took about 16 s instead of 0.1-0.2 s (a 30-iteration run: 20 steps in 413 s), so `--precision
+# auto` (the default, training_precision) trains such a CPU in float32; its weights differ from the committed
+# ones, as they would anyway (oneDNN's kernels, hence the rounding, depend on the instruction set).
 BFLOAT16_CONVOLUTIONS = True
+PRECISIONS = ("auto", "bfloat16", "float32")
 # Keep freed blocks in glibc's heap (operators.glibc_malloc): every step allocates and frees the same
 # activations, and glibc otherwise maps and page-faults the large ones in anew each time. In the full run
 # (2026-12-03) the last 2000 steps (48x64x64) took 873 CPU-seconds instead of 1087, the early ones the same;
@@ -427,8 +431,8 @@ def _compile_sentence(compiled: bool) -> str:
     return "the network run eagerly (`--no-compile`)"
 
 
-def _precision_sentence() -> str:
-    if BFLOAT16_CONVOLUTIONS:
+def _precision_sentence(bfloat16: bool) -> str:
+    if bfloat16:
         return (
             "convolutions in bfloat16 (CPU autocast; norms, loss, parameters and gradients in float32, the "
             "deepest encoder stage in float32)"
@@ -472,7 +476,7 @@ Command (run from the repository root):
     {command}
 
 Seed {args.seed}, {args.iterations} iterations of batch {BATCH_SIZE}, {args.threads} torch threads,
-{_compile_sentence(args.compiled)}, {_precision_sentence()};
+{_compile_sentence(args.compiled)}, {_precision_sentence(args.bfloat16)};
 Adam at {LEARNING_RATE:g} with poly decay. Training contrasts, the share of volumes each:
 {_contrast_shares()} (the first {CURRICULUM_FRACTION:.0%} of the iterations: {", ".join(CURRICULUM_CONTRASTS)}
 only; afterwards a realistic contrast has its tissue intensities passed through a random piecewise-linear
@@ -511,6 +515,31 @@ def bfloat16_is_native(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def training_precision(precision: str, native: bool | None = None) -> bool:
+    """Whether the training convolutions run in bfloat16 for ``precision`` (one of :data:`PRECISIONS`).
+    ``auto`` follows the committed recipe (BFLOAT16_CONVOLUTIONS) where this CPU has native bfloat16 and
+    trains in float32 where oneDNN would emulate it (two orders of magnitude slower per step)."""
+    if precision not in PRECISIONS:
+        raise TrainingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    native = bfloat16_is_native() if native is None else native
+    if precision == "float32":
+        return False
+    if precision == "bfloat16":
+        if not native:
+            log.warning(
+                "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): oneDNN emulates the bfloat16 "
+                "training convolutions, about 100x slower per step than with them (use --precision auto)"
+            )
+        return True
+    if BFLOAT16_CONVOLUTIONS and not native:
+        log.warning(
+            "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): training the convolutions in float32 "
+            "instead of the committed recipe's bfloat16, so the weights will differ from the committed ones "
+            "and the documented training time does not apply"
+        )
+    return BFLOAT16_CONVOLUTIONS and native
+
+
 def require_cxx_compiler() -> None:
     """Fail before training, not at the first compiled step with inductor's traceback, when the C++ compiler
     torch.compile uses on Linux ($CXX, else g++) is missing."""
@@ -533,9 +562,10 @@ def train(
     log_every: int,
     command: str,
     compile_network: bool | None = None,
+    precision: str = "auto",
 ) -> Path:
     """Train and write the model folder under ``out`` atomically; returns the model subfolder.
-    ``compile_network`` defaults to COMPILE_NETWORK."""
+    ``compile_network`` defaults to COMPILE_NETWORK; ``precision`` is resolved by :func:`training_precision`."""
     import torch
 
     from app.synthetic import phantom as phantom_module
@@ -545,12 +575,7 @@ def train(
         compile_network = COMPILE_NETWORK
     if compile_network:
         require_cxx_compiler()
-    if BFLOAT16_CONVOLUTIONS and not bfloat16_is_native():
-        log.warning(
-            "this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): the bfloat16 training convolutions "
-            "the committed weights were trained with are emulated, so the documented training time does not "
-            "hold and the weights may differ from the committed ones"
-        )
+    bfloat16 = training_precision(precision)
     if KEEP_FREED_BLOCKS:
         keep_freed_blocks()
     torch.set_num_threads(threads)
@@ -573,7 +598,13 @@ def train(
     # byte-identical after 200 steps side by side), a little less Python per step.
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE, foreach=True)
     n_params = sum(p.numel() for p in network.parameters())
-    log.info("training %d classes, %d parameters, %d iterations", n_classes, n_params, iterations)
+    log.info(
+        "training %d classes, %d parameters, %d iterations, convolutions in %s",
+        n_classes,
+        n_params,
+        iterations,
+        "bfloat16" if bfloat16 else "float32",
+    )
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     shapes: list[tuple[int, ...]] = []  # of every rendered volume, for the plans fingerprint
@@ -596,7 +627,7 @@ def train(
     # The network in its training form (its instance norms computed as inductor vectorises them; nnU-Net's
     # modules are back for saving after the block), network and loss in one static graph per patch size
     # sharing the parameters, so ``network`` is what is saved.
-    with training_form(network, bfloat16=BFLOAT16_CONVOLUTIONS) as trained:
+    with training_form(network, bfloat16=bfloat16) as trained:
         step_loss = compiled_loss(trained, n_classes, compile_network)
         for it in range(iterations):
             # Replace the oldest pooled volume every RENDER_EVERY iterations: a volume serves several patches.
@@ -643,12 +674,12 @@ def train(
     network = network.to(memory_format=torch.contiguous_format)
     network.eval()
     return _write_model(
-        out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads, compile_network
+        out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads, compile_network, bfloat16
     )
 
 
 def _write_model(
-    out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads, compiled
+    out, network, plans, dataset_json, classes, iterations, stats, command, seed, threads, compiled, bfloat16
 ) -> Path:
     import torch
 
@@ -685,7 +716,9 @@ def _write_model(
         ]
         sums = {name: sha256_of(tmp / name) for name in rel}
         (tmp / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in sums.items()))
-        args = argparse.Namespace(seed=seed, iterations=iterations, threads=threads, compiled=compiled)
+        args = argparse.Namespace(
+            seed=seed, iterations=iterations, threads=threads, compiled=compiled, bfloat16=bfloat16
+        )
         (tmp / "README.md").write_text(_readme(classes, command, args, stats, sums))
         os.chmod(tmp, 0o755)
         old = None
@@ -714,6 +747,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="eager training steps (no C++ compiler needed; slower, and the weights differ)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="training convolutions: bfloat16 as the committed weights were trained where the CPU has it "
+        "natively, float32 elsewhere (auto, the default), or either one forced",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.iterations < 1 or args.threads < 1 or args.log_every < 1:
         parser.error("--iterations, --threads and --log-every must be positive")
@@ -725,10 +765,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--seed {args.seed}",
             f"--threads {args.threads}",
             *(["--no-compile"] if args.no_compile else []),
+            *([f"--precision {args.precision}"] if args.precision != "auto" else []),
         ]
     )
     try:
-        train(args.out, args.iterations, args.seed, args.threads, args.log_every, command, not args.no_compile)
+        train(
+            args.out,
+            args.iterations,
+            args.seed,
+            args.threads,
+            args.log_every,
+            command,
+            not args.no_compile,
+            args.precision,
+        )
     except TrainingError as exc:
         log.error("%s", exc)
         return 1
