@@ -6,7 +6,9 @@ module). This CPU has no float16 arithmetic, so in eager torch each mixed float1
 through memory of its own. Fused into one vectorised loop each (AOTInductor), inside the compiled engine on
 the demo model (19 classes, 12 tiles of 48x64x64, a 112x84x107 grid; 2-core AVX2 CPU; rounds alternating in
 one process, ``bench/window_arithmetic.py``), the weighting and summing took 35-43 ms instead of 68-107 ms
-and the division and argmax 17-18 ms instead of 28-46 ms, against 0.45-0.55 s of forward passes.
+and the division and argmax 17-18 ms instead of 28-46 ms, against 0.45-0.55 s of forward passes; the argmax
+exported on a larger example (ARGMAX_EXAMPLE_SIZE, 2026-12-06) runs on both threads: 9-10 ms instead of
+18-20 ms in the same benchmark on a Zen 3 host, where the forward passes took 0.83-1.1 s.
 
 The results are the eager ones bit for bit, not just close: ``emulate_precision_casts`` makes inductor round
 every explicit float16 cast as eager torch does (without it the quotients stayed in float32 and 66 argmax
@@ -26,11 +28,16 @@ from operators.sliding_window import EagerArithmetic
 
 # Bumped when the arithmetic below changes, so that older packages are not loaded for it.
 ACCUMULATE_KERNEL = "gaussian-weighted float16 accumulation v1"
-ARGMAX_KERNEL = "float16 weighted argmax v1"
+ARGMAX_KERNEL = "float16 weighted argmax v2"  # v2: exported at ARGMAX_EXAMPLE_SIZE, a parallel loop
 # Every explicit .to(torch.float16) is a real rounding step, as in eager torch.
 KERNEL_INDUCTOR_CONFIGS = {"emulate_precision_casts": True}
 # Largest axis length of an accumulator the argmax kernel accepts (its three spatial sizes are free).
 MAX_AXIS = 1 << 16
+# Spatial size of the example the argmax kernel is exported with. Its sizes stay free, but inductor decides
+# from the example whether a loop is worth splitting across threads: exported at 3x5x7 the kernel was one
+# serial loop, 17.5 ms on the demo's 19 x 112 x 84 x 107 accumulator with one thread or two; at this size it
+# is split across the threads, 10.6 ms (2-core Zen 3 EPYC, 2026-12-06), the same labels.
+ARGMAX_EXAMPLE_SIZE = (64, 66, 68)
 
 
 class _GaussianAccumulate(torch.nn.Module):
@@ -155,7 +162,7 @@ def load_compiled_arithmetic(
 
     def argmax_export():
         axes = [torch.export.Dim(f"axis{i}", min=2, max=MAX_AXIS) for i in range(3)]
-        size = (3, 5, 7)
+        size = ARGMAX_EXAMPLE_SIZE
         example = (
             torch.zeros((num_classes, *size), dtype=torch.float16),
             torch.ones(size, dtype=torch.float16),
