@@ -167,7 +167,9 @@ COMPILE_NETWORK = True
 # (bfloat16_is_native; e.g. the Zen 3 EPYC hosts of 2026-12-06: AVX2, no AVX-512) has oneDNN emulate it, and
 # there a step took about 16 s instead of 0.1-0.2 s (a 30-iteration run: 20 steps in 413 s), so `--precision
 # auto` (the default, training_precision) trains such a CPU in float32; its weights differ from the committed
-# ones, as they would anyway (oneDNN's kernels, hence the rounding, depend on the instruction set).
+# ones, as they would anyway (oneDNN's kernels, hence the rounding, depend on the instruction set). In float32
+# there a step of 2 samples took 0.228 s (32x48x48) and 0.596 s (48x64x64) (`bench/demo_training_step.py`), so
+# the 15000 iterations need about 4500 s of steps: the 30-minute figure holds only on a bfloat16 host.
 BFLOAT16_CONVOLUTIONS = True
 PRECISIONS = ("auto", "bfloat16", "float32")
 # Keep freed blocks in glibc's heap (operators.glibc_malloc): every step allocates and frees the same
