@@ -99,14 +99,8 @@ VARIANTS = {
     "demo_recipe_float32": Variant(
         one_conv=True, channels_last=True, loss=tn.dice_ce_loss, training_form=tdm.COMPILE_NETWORK
     ),
-    "demo_recipe": Variant(
-        one_conv=True,
-        channels_last=True,
-        loss=tn.dice_ce_loss,
-        training_form=tdm.COMPILE_NETWORK,
-        bfloat16=tdm.BFLOAT16_CONVOLUTIONS,
-    ),
 }
+VARIANTS["demo_recipe"] = replace(VARIANTS["demo_recipe_float32"], bfloat16=tdm.BFLOAT16_CONVOLUTIONS)
 if tdm.EARLY_PATCH_SIZE is not None:
     for _name in ("+compiled_network", "demo_recipe_float32", "demo_recipe"):
         VARIANTS[f"{_name}_early"] = replace(VARIANTS[_name], patch=tdm.EARLY_PATCH_SIZE)

@@ -523,9 +523,9 @@ def training_precision(precision: str, native: bool | None = None) -> bool:
     trains in float32 where oneDNN would emulate it (two orders of magnitude slower per step)."""
     if precision not in PRECISIONS:
         raise TrainingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    native = bfloat16_is_native() if native is None else native
     if precision == "float32":
         return False
+    native = bfloat16_is_native() if native is None else native
     if precision == "bfloat16":
         if not native:
             log.warning(
