@@ -168,8 +168,9 @@ COMPILE_NETWORK = True
 # there a step took about 16 s instead of 0.1-0.2 s (a 30-iteration run: 20 steps in 413 s), so `--precision
 # auto` (the default, training_precision) trains such a CPU in float32; its weights differ from the committed
 # ones, as they would anyway (oneDNN's kernels, hence the rounding, depend on the instruction set). In float32
-# there a step of 2 samples took 0.228 s (32x48x48) and 0.596 s (48x64x64) (`bench/demo_training_step.py`), so
-# the 15000 iterations need about 4500 s of steps: the 30-minute figure holds only on a bfloat16 host.
+# there the documented command took 6476 s (2026-12-06/07, 3.6x the 30-minute budget) and reached the same
+# held-out Dice (mean 0.901, every structure >= 0.80; models/demo/README.md): the 30-minute figure holds only
+# on a bfloat16 host.
 BFLOAT16_CONVOLUTIONS = True
 PRECISIONS = ("auto", "bfloat16", "float32")
 # Keep freed blocks in glibc's heap (operators.glibc_malloc): every step allocates and frees the same
